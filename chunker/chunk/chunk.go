@@ -1,0 +1,77 @@
+// Package chunk holds the types and sentinel errors shared by everything that
+// moves file bytes: chunk identifiers, the reference a chunk map keeps for each
+// chunk, and the errors a chunk store returns.
+//
+// It imports nothing from Wormhole, so both the metadata layer (which records
+// chunk references) and the NFS front (which maps errors to NFS status) can
+// depend on it without cycles.
+package chunk
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Wrap them with %w; test them with errors.Is.
+var (
+	// ErrNotFound means no chunk with that ID is stored here.
+	ErrNotFound = errors.New("chunk not found")
+	// ErrCorrupt means a stored chunk failed its checksum or is malformed.
+	// The bytes are never returned.
+	ErrCorrupt = errors.New("chunk corrupt")
+	// ErrNoSpace means the chunk store's disk is full.
+	ErrNoSpace = errors.New("no space left for chunk")
+)
+
+// IDSize is the length of a chunk ID in bytes.
+const IDSize = 16
+
+// ID names one immutable chunk. IDs are random: a chunk is written once and
+// never modified; an overwrite of file bytes writes a new chunk and frees the
+// old one.
+type ID [IDSize]byte
+
+// NewID returns a fresh random ID.
+func NewID() ID {
+	var id ID
+	if _, err := rand.Read(id[:]); err != nil {
+		// crypto/rand.Read never returns an error on supported platforms.
+		panic(fmt.Sprintf("chunk: crypto/rand failed: %v", err))
+	}
+	return id
+}
+
+// String returns the ID in lowercase hex.
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports whether id is the zero value (no chunk).
+func (id ID) IsZero() bool { return id == ID{} }
+
+// ParseID parses the hex form produced by String.
+func ParseID(s string) (ID, error) {
+	var id ID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != IDSize {
+		return id, fmt.Errorf("parse chunk id %q: want %d hex bytes", s, IDSize)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// SumSize is the length of a chunk checksum (BLAKE3-256).
+const SumSize = 32
+
+// Sum is a chunk's BLAKE3-256 checksum.
+type Sum [SumSize]byte
+
+// Ref is what a file's chunk map records for one chunk: which chunk holds
+// the bytes of chunk Index of the file, how many bytes it has (the rest of
+// the chunk, up to the chunk size, reads as zeros) and their checksum.
+type Ref struct {
+	Index uint64 // position in the file: bytes [Index*ChunkSize, (Index+1)*ChunkSize)
+	ID    ID
+	Len   uint32
+	Sum   Sum
+}

@@ -1,0 +1,165 @@
+// Package meta defines the namespace contract of Wormhole: inode numbers,
+// attributes, directory entries, the Store interface the metadata layer
+// implements, and the sentinel errors it returns.
+//
+// The etcd implementation lives in the parent package etcdmeta; the NFS front
+// and the chunker depend only on this package. It imports nothing from
+// Wormhole but chunker/chunk.
+package meta
+
+import (
+	"context"
+	"errors"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+)
+
+// Sentinel errors. Implementations wrap them with %w; callers test them with
+// errors.Is. nfsfront maps each to one NFS status in one place.
+var (
+	ErrNotFound    = errors.New("no such file or directory")
+	ErrExists      = errors.New("file exists")
+	ErrNotDir      = errors.New("not a directory")
+	ErrIsDir       = errors.New("is a directory")
+	ErrNotEmpty    = errors.New("directory not empty")
+	ErrInvalid     = errors.New("invalid argument")
+	ErrNameTooLong = errors.New("name too long")
+	ErrStale       = errors.New("stale file handle")
+	ErrNoSpace     = errors.New("metadata space exhausted")
+	ErrTooManyLink = errors.New("too many links")
+)
+
+// Ino is an inode number. Inode numbers are allocated from a counter, never
+// reused, and never zero.
+type Ino uint64
+
+// RootIno is the inode of the root directory of the namespace.
+const RootIno Ino = 1
+
+// Type is the kind of a filesystem object.
+type Type uint8
+
+// Object types.
+const (
+	TypeRegular Type = iota + 1
+	TypeDir
+	TypeSymlink
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeRegular:
+		return "file"
+	case TypeDir:
+		return "dir"
+	case TypeSymlink:
+		return "symlink"
+	}
+	return "unknown"
+}
+
+// MaxNameLen is the longest directory entry name accepted, in bytes.
+const MaxNameLen = 255
+
+// MaxSymlinkLen is the longest symlink target accepted, in bytes.
+const MaxSymlinkLen = 4095
+
+// Attr is an inode's attributes as stored. Times are Unix nanoseconds.
+type Attr struct {
+	Ino    Ino
+	Type   Type
+	Mode   uint32 // permission bits and setuid/setgid/sticky (07777); no type bits
+	UID    uint32
+	GID    uint32
+	Nlink  uint32
+	Size   uint64
+	Atime  int64
+	Mtime  int64
+	Ctime  int64
+	Gen    uint64 // generation: changes when an inode number is retired
+	Parent Ino    // primary parent directory (the root is its own parent)
+	Target string // symlink target; empty for other types
+}
+
+// Entry is one name in a directory.
+type Entry struct {
+	Name string
+	Ino  Ino
+	Type Type
+}
+
+// CreateArgs describes a new object for Store.Create.
+type CreateArgs struct {
+	Type   Type
+	Mode   uint32 // 07777 bits
+	UID    uint32
+	GID    uint32
+	Target string // for symlinks
+	// Exclusive makes Create fail with ErrExists when the name exists.
+	// Without it, creating a regular file over an existing regular file
+	// returns the existing file's attributes unchanged (O_CREAT without
+	// O_EXCL).
+	Exclusive bool
+}
+
+// SetAttrArgs lists attribute changes; nil fields are left alone. Size
+// changes go through Store.Truncate, which must also drop chunks.
+type SetAttrArgs struct {
+	Mode  *uint32
+	UID   *uint32
+	GID   *uint32
+	Atime *int64
+	Mtime *int64
+}
+
+// Freed lists chunks that an operation removed from the namespace; the caller
+// deletes them from the chunk store once the metadata change is committed.
+type Freed []chunk.Ref
+
+// Store is the namespace. Every method is one etcd transaction (or a
+// linearizable read): no partially applied create, rename or unlink is ever
+// visible. All methods are safe for concurrent use and honour ctx.
+type Store interface {
+	// GetAttr returns the attributes of ino, or ErrNotFound (ErrStale if
+	// the inode was removed).
+	GetAttr(ctx context.Context, ino Ino) (Attr, error)
+	// Lookup resolves name in directory dir.
+	Lookup(ctx context.Context, dir Ino, name string) (Attr, error)
+	// Create makes a regular file, directory or symlink named name in dir.
+	Create(ctx context.Context, dir Ino, name string, args CreateArgs) (Attr, error)
+	// Link adds a new name for the non-directory ino.
+	Link(ctx context.Context, ino Ino, dir Ino, name string) (Attr, error)
+	// Unlink removes a non-directory name. When the last link goes, the
+	// inode and its chunk map are deleted and their chunks returned.
+	Unlink(ctx context.Context, dir Ino, name string) (Freed, error)
+	// Rmdir removes an empty directory (ErrNotEmpty otherwise).
+	Rmdir(ctx context.Context, dir Ino, name string) error
+	// Rename moves a name, replacing an existing target of a compatible
+	// type (a file over a file, a directory over an empty directory). It
+	// refuses to move a directory under itself (ErrInvalid). Chunks of a
+	// replaced file whose last link went are returned.
+	Rename(ctx context.Context, fromDir Ino, fromName string, toDir Ino, toName string) (Freed, error)
+	// SetAttr changes mode, owner and times; ctime is set to now.
+	SetAttr(ctx context.Context, ino Ino, args SetAttrArgs) (Attr, error)
+	// ReadDir returns up to limit entries of dir whose names sort after
+	// `after` (byte order), in order. An empty after starts at the
+	// beginning. Fewer than limit entries means the end was reached.
+	ReadDir(ctx context.Context, dir Ino, after string, limit int) ([]Entry, error)
+
+	// Chunks returns the chunk references of ino with first <= Index <= last,
+	// in index order. Holes have no reference.
+	Chunks(ctx context.Context, ino Ino, first, last uint64) ([]chunk.Ref, error)
+	// CommitWrite atomically records refs in ino's chunk map (replacing
+	// references with the same Index), raises the size to at least size,
+	// and sets mtime and ctime to now. The references it replaced are
+	// returned. It fails with ErrStale if ino is gone.
+	CommitWrite(ctx context.Context, ino Ino, refs []chunk.Ref, size uint64) (Attr, Freed, error)
+	// Truncate sets ino's size. chunkSize tells which chunk references lie
+	// wholly past the new end: they are removed and returned. tail, when
+	// non-nil, replaces the reference of the chunk that holds the new end
+	// (rewritten by the caller with its bytes past the end dropped).
+	Truncate(ctx context.Context, ino Ino, size uint64, chunkSize uint64, tail *chunk.Ref) (Attr, Freed, error)
+
+	// StatFS reports the number of inodes in use.
+	StatFS(ctx context.Context) (inodes uint64, err error)
+}
