@@ -1,0 +1,38 @@
+# Wormhole build and test entry points. `make test` is what CI runs.
+GO        ?= go
+BIN       := bin/wormhole
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+FUZZTIME  ?= 10s
+
+.PHONY: all build test check unit e2e fuzz deps clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/wormhole
+
+# Everything: static checks, unit and protocol tests with the race
+# detector, then the kernel-client end-to-end suite in a qemu guest.
+test: check unit e2e
+
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /tests/)
+
+e2e: build
+	WH_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 60m -v ./tests/...
+
+fuzz:
+	$(GO) test ./nfsfront -run '^$$' -fuzz FuzzHandleDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./chunker -run '^$$' -fuzz FuzzDecodeChunk -fuzztime $(FUZZTIME)
+
+# Debian packages the tests need (root).
+deps:
+	tests/install-deps.sh
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,207 @@
+// Package appliance is Wormhole's only composition root: it loads the one
+// configuration file, starts the components in order (data directory, NFS
+// listener, embedded etcd, namespace, chunk store, NFS front), and stops
+// them in reverse. It holds no file system logic of its own.
+//
+// Only cmd/wormhole imports this package.
+package appliance
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wormhole-fs/wormhole/chunker"
+	"github.com/wormhole-fs/wormhole/etcdmeta"
+	"github.com/wormhole-fs/wormhole/nfsfront"
+)
+
+// Node is a running single Wormhole node.
+type Node struct {
+	cfg     Config
+	log     zerolog.Logger
+	lis     net.Listener
+	etcd    *etcdmeta.Embedded
+	store   *chunker.LocalStore
+	nfs     *nfsfront.Server
+	closers []func() error
+}
+
+// NewLogger builds the root logger the configuration asks for.
+func NewLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(cfg.Level)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("log.level %q: %w", cfg.Level, err)
+	}
+	if cfg.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// Start brings a node up. On any error everything started so far is
+// stopped again and the error says what failed and what to do.
+func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err error) {
+	n := &Node{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	dataDir, err := prepareDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	// Bind the NFS port before starting anything heavy: a taken port is
+	// the most common start failure.
+	n.lis, err = nfsfront.Listen(cfg.NFS.Addr)
+	if err != nil {
+		return nil, err
+	}
+	n.closers = append(n.closers, func() error { return ignoreClosed(n.lis.Close()) })
+
+	secret, err := loadSecret(filepath.Join(dataDir, "cluster.key"))
+	if err != nil {
+		return nil, err
+	}
+
+	n.etcd, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
+		Dir:        filepath.Join(dataDir, "etcd"),
+		QuotaBytes: cfg.Etcd.QuotaBytes,
+	}, log.With().Str("component", "etcd").Logger())
+	if err != nil {
+		return nil, err
+	}
+	n.closers = append(n.closers, n.etcd.Close)
+
+	ns, err := etcdmeta.New(ctx, n.etcd.Client(), cfg.ClusterID, log.With().Str("component", "meta").Logger())
+	if err != nil {
+		return nil, fmt.Errorf("namespace: %w", err)
+	}
+
+	n.store, err = chunker.OpenLocal(filepath.Join(dataDir, "chunks"), log.With().Str("component", "chunks").Logger())
+	if err != nil {
+		return nil, err
+	}
+	n.closers = append(n.closers, n.store.Close)
+	files := chunker.NewFiles(ns, n.store, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
+
+	n.nfs, err = nfsfront.New(nfsfront.Config{OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord},
+		ns, dataPath{files, n.store}, secret, log.With().Str("component", "nfs").Logger())
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// dataPath joins the byte layer and the store's capacity report into the
+// front's Data interface.
+type dataPath struct {
+	*chunker.Files
+	*chunker.LocalStore
+}
+
+// NFSAddr is the address the NFS front listens on.
+func (n *Node) NFSAddr() net.Addr { return n.lis.Addr() }
+
+// Serve serves NFS until ctx ends.
+func (n *Node) Serve(ctx context.Context) error {
+	n.log.Info().Str("nfs", n.lis.Addr().String()).Str("data_dir", n.cfg.DataDir).Msg("wormhole serving")
+	errc := make(chan error, 1)
+	go func() { errc <- n.nfs.Serve(ctx, n.lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case err := <-n.etcd.Err():
+		// etcd stopped under us: stop serving rather than answer wrongly.
+		serveErr := <-errc
+		return errors.Join(fmt.Errorf("embedded etcd stopped: %w", err), serveErr)
+	}
+}
+
+// Close stops every component in reverse start order. It is idempotent.
+func (n *Node) Close() error {
+	var errs []error
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		errs = append(errs, n.closers[i]())
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// prepareDataDir makes the data directory and proves it is writable, so
+// an unusable directory fails before anything starts.
+func prepareDataDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("data dir %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return "", fmt.Errorf("data dir %s cannot be created: %w (choose another with --data-dir)", abs, err)
+	}
+	probe, err := os.CreateTemp(abs, ".probe-*")
+	if err != nil {
+		return "", fmt.Errorf("data dir %s is not writable: %w (fix its permissions or choose another with --data-dir)", abs, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return abs, nil
+}
+
+// loadSecret reads the key that authenticates file handles, creating it on
+// first start.
+func loadSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if len(b) < 32 {
+			return nil, fmt.Errorf("handle key %s is %d bytes, want 32: restore it from a backup, or delete it to invalidate every client's file handles", path, len(b))
+		}
+		return b, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("handle key %s: %w", path, err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	if err := writeFileSync(tmp, b); err != nil {
+		return nil, fmt.Errorf("handle key %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("handle key %s: %w", path, err)
+	}
+	return b, nil
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

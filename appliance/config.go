@@ -1,0 +1,167 @@
+package appliance
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/go-playground/validator/v10"
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/confmap"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+)
+
+// Config is the one configuration file of a node. Unknown keys are errors.
+type Config struct {
+	// ClusterID names the namespace in etcd (keys live under /wh/<id>/).
+	ClusterID string `koanf:"cluster_id" validate:"required,max=64,excludesall=/ "`
+	// DataDir holds the embedded etcd, the chunk store and node secrets.
+	DataDir string      `koanf:"data_dir" validate:"required"`
+	NFS     NFSConfig   `koanf:"nfs"`
+	Chunks  ChunkConfig `koanf:"chunks"`
+	Etcd    EtcdConfig  `koanf:"etcd"`
+	Log     LogConfig   `koanf:"log"`
+}
+
+// NFSConfig configures the NFS front.
+type NFSConfig struct {
+	// Addr is the TCP address NFS and MOUNT listen on.
+	Addr string `koanf:"addr" validate:"required,hostname_port"`
+	// OpTimeout bounds the work done for one request.
+	OpTimeout time.Duration `koanf:"op_timeout" validate:"min=100ms"`
+}
+
+// ChunkConfig configures how file bytes are split and stored.
+type ChunkConfig struct {
+	// Size is the chunk size in bytes. It is fixed for the life of the
+	// data: changing it on existing data is refused.
+	Size int `koanf:"size" validate:"min=65536,max=67108864"`
+}
+
+// EtcdConfig configures the embedded etcd member.
+type EtcdConfig struct {
+	// QuotaBytes is etcd's backend quota (etcd suggests at most 8 GiB).
+	QuotaBytes int64 `koanf:"quota_bytes" validate:"min=104857600,max=8589934592"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	Level  string `koanf:"level" validate:"oneof=trace debug info warn error"`
+	Format string `koanf:"format" validate:"oneof=console json"`
+}
+
+// DefaultConfig is a single node on embedded defaults.
+func DefaultConfig() Config {
+	return Config{
+		ClusterID: "default",
+		DataDir:   defaultDataDir(),
+		NFS:       NFSConfig{Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second},
+		Chunks:    ChunkConfig{Size: 1 << 20},
+		Etcd:      EtcdConfig{QuotaBytes: 2 << 30},
+		Log:       LogConfig{Level: "info", Format: "console"},
+	}
+}
+
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/wormhole"
+	}
+	if d, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(d, ".local", "share", "wormhole")
+	}
+	return "wormhole-data"
+}
+
+// Overrides are command-line settings that win over the file.
+type Overrides struct {
+	DataDir string
+	NFSAddr string
+}
+
+// LoadConfig reads path (if not empty) over the defaults, applies the
+// overrides and validates the result. Errors name the key or value at fault.
+func LoadConfig(path string, o Overrides) (Config, error) {
+	k := koanf.New(".")
+	if err := k.Load(confmap.Provider(map[string]any{}, "."), nil); err != nil {
+		return Config{}, err
+	}
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	cfg := DefaultConfig()
+	err := k.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{
+		DecoderConfig: &mapstructure.DecoderConfig{
+			DecodeHook:       mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc()),
+			ErrorUnused:      true,
+			WeaklyTypedInput: true,
+			Result:           &cfg,
+			TagName:          "koanf",
+		},
+	})
+	if err != nil {
+		return Config{}, fmt.Errorf("config file %s: %w (see packaging/wormhole.yaml for every key)", path, err)
+	}
+	if o.DataDir != "" {
+		cfg.DataDir = o.DataDir
+	}
+	if o.NFSAddr != "" {
+		cfg.NFS.Addr = o.NFSAddr
+	}
+	if err := cfg.Validate(); err != nil {
+		if path != "" {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every field and says which key is wrong and why.
+func (c Config) Validate() error {
+	err := newValidator().Struct(c)
+	var verrs validator.ValidationErrors
+	if !errors.As(err, &verrs) {
+		return err
+	}
+	msgs := make([]string, 0, len(verrs))
+	for _, fe := range verrs {
+		key := keyOf(fe.Namespace())
+		msgs = append(msgs, fmt.Sprintf("%s = %v: must satisfy %s%s", key, fe.Value(), fe.Tag(), paramOf(fe.Param())))
+	}
+	return fmt.Errorf("invalid configuration: %s", strings.Join(msgs, "; "))
+}
+
+func paramOf(p string) string {
+	if p == "" {
+		return ""
+	}
+	return " " + p
+}
+
+// keyOf turns a validator namespace (Config.nfs.addr) into the file key
+// (nfs.addr).
+func keyOf(ns string) string {
+	_, key, _ := strings.Cut(ns, ".")
+	return key
+}
+
+// newValidator reports fields by their config file key.
+func newValidator() *validator.Validate {
+	v := validator.New(validator.WithRequiredStructEnabled())
+	v.RegisterTagNameFunc(func(f reflect.StructField) string {
+		name, _, _ := strings.Cut(f.Tag.Get("koanf"), ",")
+		return name
+	})
+	return v
+}

@@ -1,0 +1,402 @@
+package chunker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// DefaultChunkSize is the chunk size of file data: file bytes
+// [i*DefaultChunkSize, (i+1)*DefaultChunkSize) live in chunk i.
+const DefaultChunkSize = 1 << 20
+
+// MaxChunkSize is the largest chunk size NewFiles accepts.
+const MaxChunkSize = 64 << 20
+
+// lockStripes is the number of per-inode write locks.
+const lockStripes = 256
+
+// readAttempts bounds how often ReadAt re-reads the chunk map when a chunk
+// it was about to read was replaced and deleted by a concurrent write.
+const readAttempts = 3
+
+// Namespace is the part of meta.Store that Files needs.
+type Namespace interface {
+	Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error)
+	CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, size uint64) (meta.Attr, meta.Freed, error)
+	Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref) (meta.Attr, meta.Freed, error)
+}
+
+// Blobs stores immutable chunks by ID. LocalStore implements it; a
+// replicated store can take its place. Implementations must be safe for
+// concurrent use and idempotent.
+type Blobs interface {
+	// Put stores data as chunk id, durably when it returns, and returns
+	// its checksum. It must not keep data after returning.
+	Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error)
+	// Get returns the verified data of chunk id: an error wrapping
+	// chunk.ErrNotFound if it is missing, chunk.ErrCorrupt if it fails
+	// verification. The caller may modify the returned slice.
+	Get(ctx context.Context, id chunk.ID) ([]byte, error)
+	// Delete removes chunk id; a missing chunk is not an error.
+	Delete(ctx context.Context, id chunk.ID) error
+}
+
+var _ Blobs = (*LocalStore)(nil)
+
+// Files maps byte ranges of files onto fixed-size chunks: reads fetch the
+// chunks a range covers, writes store new chunks and commit them to the
+// namespace in one transaction, and replaced chunks are deleted afterwards.
+//
+// Files is safe for concurrent use. Writes and truncates of one inode are
+// serialized (by a striped lock) so concurrent read-modify-writes of one
+// chunk never lose an update; reads take no lock and see either the old or
+// the new chunk of a concurrent write.
+type Files struct {
+	ns        Namespace
+	blobs     Blobs
+	chunkSize uint64
+	log       zerolog.Logger
+	// locks are binary semaphores (capacity 1), so that waiting for one
+	// honours the caller's context.
+	locks [lockStripes]chan struct{}
+}
+
+// NewFiles returns a Files over the namespace ns and chunk store blobs.
+// chunkSize must stay the same for the life of the data; chunkSize <= 0
+// selects DefaultChunkSize. NewFiles panics if chunkSize exceeds
+// MaxChunkSize (a configuration error that Config validation catches).
+func NewFiles(ns Namespace, blobs Blobs, chunkSize int, log zerolog.Logger) *Files {
+	if chunkSize <= 0 {
+		chunkSize = DefaultChunkSize
+	}
+	if chunkSize > MaxChunkSize {
+		panic(fmt.Sprintf("chunker: chunk size %d exceeds the maximum %d", chunkSize, MaxChunkSize))
+	}
+	f := &Files{ns: ns, blobs: blobs, chunkSize: uint64(chunkSize), log: log}
+	for i := range f.locks {
+		f.locks[i] = make(chan struct{}, 1)
+	}
+	return f
+}
+
+// ChunkSize returns the chunk size in bytes.
+func (f *Files) ChunkSize() int { return int(f.chunkSize) }
+
+// lock takes the write lock stripe of ino and returns its unlock function.
+func (f *Files) lock(ctx context.Context, ino meta.Ino) (func(), error) {
+	// Fibonacci hashing spreads consecutive inode numbers over stripes.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c := f.locks[(uint64(ino)*0x9E3779B97F4A7C15)>>56]
+	select {
+	case c <- struct{}{}:
+		return func() { <-c }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// ReadAt reads len(p) bytes of file ino at offset off into p, like
+// io.ReaderAt: it returns n < len(p) only with an error, io.EOF when the read
+// reaches size, the file size the caller has from the attributes. Holes, and
+// bytes past a chunk's length within the file, read as zeros. Chunks are
+// verified by the chunk store; a corrupt chunk fails the read with an error
+// wrapping chunk.ErrCorrupt.
+func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	start := uint64(off)
+	if start >= size {
+		return 0, io.EOF
+	}
+	end := min(start+uint64(len(p)), size)
+	n := int(end - start)
+	var err error
+	for range readAttempts {
+		if err = f.readRange(ctx, ino, p[:n], start); !errors.Is(err, chunk.ErrNotFound) {
+			break
+		}
+		// A concurrent write or truncate may have replaced and deleted
+		// a chunk between reading the map and the chunk: read again.
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readRange fills p with the file bytes at start, all within the file size.
+func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uint64) error {
+	cs := f.chunkSize
+	end := start + uint64(len(p))
+	first, last := start/cs, (end-1)/cs
+	refs, err := f.ns.Chunks(ctx, ino, first, last)
+	if err != nil {
+		return fmt.Errorf("read inode %d: chunk map [%d, %d]: %w", ino, first, last, err)
+	}
+	clear(p)
+	for _, ref := range refs {
+		if ref.Index < first || ref.Index > last {
+			continue
+		}
+		cStart := ref.Index * cs
+		lo := max(start, cStart) // file offsets of the wanted part of this chunk
+		hi := min(end, cStart+uint64(ref.Len))
+		if lo >= hi {
+			continue // the wanted part lies past the chunk's data: zeros
+		}
+		data, err := f.getChunk(ctx, ino, ref)
+		if err != nil {
+			return err
+		}
+		copy(p[lo-start:hi-start], data[lo-cStart:hi-cStart])
+	}
+	return nil
+}
+
+// getChunk fetches the data of ref and checks its length.
+func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]byte, error) {
+	data, err := f.blobs.Get(ctx, ref.ID)
+	if err != nil {
+		return nil, fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
+	}
+	if uint64(len(data)) != uint64(ref.Len) {
+		return nil, fmt.Errorf("inode %d chunk %d: chunk %s has %d bytes, chunk map says %d: %w",
+			ino, ref.Index, ref.ID, len(data), ref.Len, chunk.ErrCorrupt)
+	}
+	return data, nil
+}
+
+// WriteAt writes p to file ino at offset off and returns the new attributes.
+// Each chunk the range touches is replaced by a new chunk (merged with the
+// old bytes when only partly covered); all new chunks are stored durably,
+// then committed to the namespace in one transaction that also raises the
+// size to off+len(p), and only then are the replaced chunks deleted. The
+// write is durable when WriteAt returns. On error nothing of the write is
+// visible. A zero-length write changes nothing but mtime and ctime.
+func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
+	if off < 0 {
+		return meta.Attr{}, fmt.Errorf("write inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
+	}
+	if uint64(len(p)) > math.MaxInt64-uint64(off) {
+		return meta.Attr{}, fmt.Errorf("write inode %d at %d: %d bytes would pass the maximum file size: %w", ino, off, len(p), meta.ErrInvalid)
+	}
+	unlock, err := f.lock(ctx, ino)
+	if err != nil {
+		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
+	}
+	defer unlock()
+
+	if len(p) == 0 {
+		attr, _, err := f.ns.CommitWrite(ctx, ino, nil, 0)
+		if err != nil {
+			return meta.Attr{}, fmt.Errorf("write inode %d: commit: %w", ino, err)
+		}
+		return attr, nil
+	}
+
+	cs := f.chunkSize
+	start := uint64(off)
+	end := start + uint64(len(p))
+	first, last := start/cs, (end-1)/cs
+
+	// Only the first and last chunks can be partly covered; fetch the
+	// old references of those to merge with.
+	old := make(map[uint64]chunk.Ref, 2)
+	for _, idx := range []uint64{first, last} {
+		partial := max(start, idx*cs) != idx*cs || min(end, (idx+1)*cs) != (idx+1)*cs
+		if _, done := old[idx]; done || !partial {
+			continue
+		}
+		refs, err := f.ns.Chunks(ctx, ino, idx, idx)
+		if err != nil {
+			return meta.Attr{}, fmt.Errorf("write inode %d: chunk map [%d]: %w", ino, idx, err)
+		}
+		for _, r := range refs {
+			if r.Index == idx {
+				old[idx] = r
+			}
+		}
+	}
+
+	refs := make([]chunk.Ref, 0, last-first+1)
+	for idx := first; idx <= last; idx++ {
+		cStart := idx * cs
+		lo := max(start, cStart) - cStart // range within the chunk
+		hi := min(end, cStart+cs) - cStart
+		src := p[cStart+lo-start : cStart+hi-start]
+		data := src
+		if lo != 0 || hi != cs {
+			data, err = f.merge(ctx, ino, old[idx], src, lo, hi)
+			if err != nil {
+				f.discard(ctx, ino, refs)
+				return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
+			}
+		}
+		ref := chunk.Ref{Index: idx, ID: chunk.NewID(), Len: uint32(len(data))}
+		ref.Sum, err = f.blobs.Put(ctx, ref.ID, data)
+		if err != nil {
+			f.discard(ctx, ino, refs)
+			return meta.Attr{}, fmt.Errorf("write inode %d: chunk %d: %w", ino, idx, err)
+		}
+		refs = append(refs, ref)
+	}
+
+	attr, freed, err := f.ns.CommitWrite(ctx, ino, refs, end)
+	if err != nil {
+		f.discardIfGone(ctx, ino, err, refs...)
+		return meta.Attr{}, fmt.Errorf("write inode %d: commit %d chunks: %w", ino, len(refs), err)
+	}
+	f.deleteFreed(ctx, ino, freed)
+	return attr, nil
+}
+
+// merge returns the new content of a chunk whose bytes [lo, hi) are replaced
+// by src: the old chunk's data (if any) with src copied over, zero-filled
+// between the old end and lo. Its length is the higher of the old length and
+// hi.
+func (f *Files) merge(ctx context.Context, ino meta.Ino, old chunk.Ref, src []byte, lo, hi uint64) ([]byte, error) {
+	var prev []byte
+	if !old.ID.IsZero() && old.Len > 0 {
+		var err error
+		if prev, err = f.getChunk(ctx, ino, old); err != nil {
+			return nil, err
+		}
+	}
+	n := max(uint64(len(prev)), hi)
+	var data []byte
+	if uint64(cap(prev)) >= n {
+		data = prev[:n]
+	} else {
+		data = make([]byte, n)
+		copy(data, prev)
+	}
+	copy(data[lo:hi], src)
+	return data, nil
+}
+
+// discard deletes chunks stored for a write that is not going to be
+// committed. Failures are only logged: the chunks are orphans at worst.
+func (f *Files) discard(ctx context.Context, ino meta.Ino, refs []chunk.Ref) {
+	ctx = context.WithoutCancel(ctx)
+	for _, r := range refs {
+		if err := f.blobs.Delete(ctx, r.ID); err != nil {
+			f.log.Warn().Err(err).Uint64("ino", uint64(ino)).Str("chunk", r.ID.String()).Msg("delete uncommitted chunk")
+		}
+	}
+}
+
+// discardIfGone deletes the chunks of a failed commit when err says the
+// inode no longer exists, so they cannot be referenced. After any other
+// error the commit may have been applied all the same (a lost reply), so
+// the chunks are left in place: an orphan wastes space, a deleted
+// referenced chunk loses data.
+func (f *Files) discardIfGone(ctx context.Context, ino meta.Ino, err error, refs ...chunk.Ref) {
+	if errors.Is(err, meta.ErrStale) || errors.Is(err, meta.ErrNotFound) {
+		f.discard(ctx, ino, refs)
+		return
+	}
+	f.log.Warn().Err(err).Uint64("ino", uint64(ino)).Int("chunks", len(refs)).Msg("commit failed; its chunks may be orphans")
+}
+
+// Release deletes chunks that a committed namespace change (an unlink, or
+// a rename over a file) removed from every chunk map. Failures are logged:
+// an undeleted chunk is an orphan, never lost data.
+func (f *Files) Release(ctx context.Context, freed []chunk.Ref) {
+	f.deleteFreed(ctx, 0, freed)
+}
+
+// deleteFreed deletes chunks a committed change removed from the chunk map.
+// It runs even if ctx was cancelled after the commit; failures are logged,
+// not returned, since the change itself succeeded.
+func (f *Files) deleteFreed(ctx context.Context, ino meta.Ino, freed meta.Freed) {
+	ctx = context.WithoutCancel(ctx)
+	seen := make(map[chunk.ID]bool, len(freed))
+	for _, r := range freed {
+		if r.ID.IsZero() || seen[r.ID] {
+			continue
+		}
+		seen[r.ID] = true
+		if err := f.blobs.Delete(ctx, r.ID); err != nil {
+			f.log.Warn().Err(err).Uint64("ino", uint64(ino)).Uint64("index", r.Index).
+				Str("chunk", r.ID.String()).Msg("delete freed chunk")
+		}
+	}
+}
+
+// Truncate sets the size of file ino to newSize and returns the new
+// attributes. When newSize falls inside a chunk that holds bytes past it,
+// that chunk is rewritten with only its first newSize%chunkSize bytes and
+// committed as the tail, so a later extension reads zeros, never the old
+// bytes. Chunks removed or replaced are deleted after the commit. oldSize
+// is the size the caller knows; it is only used in log messages, since
+// the chunk map, not the caller's attributes, decides what to rewrite.
+func (f *Files) Truncate(ctx context.Context, ino meta.Ino, oldSize, newSize uint64) (meta.Attr, error) {
+	if newSize > math.MaxInt64 {
+		return meta.Attr{}, fmt.Errorf("truncate inode %d to %d: size too large: %w", ino, newSize, meta.ErrInvalid)
+	}
+	unlock, err := f.lock(ctx, ino)
+	if err != nil {
+		return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
+	}
+	defer unlock()
+
+	cs := f.chunkSize
+	var tail *chunk.Ref
+	var oldTail chunk.Ref
+	if keep := newSize % cs; keep != 0 {
+		idx := newSize / cs
+		refs, err := f.ns.Chunks(ctx, ino, idx, idx)
+		if err != nil {
+			return meta.Attr{}, fmt.Errorf("truncate inode %d: chunk map [%d]: %w", ino, idx, err)
+		}
+		for _, r := range refs {
+			if r.Index == idx && uint64(r.Len) > keep {
+				oldTail = r
+			}
+		}
+		if !oldTail.ID.IsZero() {
+			data, err := f.getChunk(ctx, ino, oldTail)
+			if err != nil {
+				return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
+			}
+			t := chunk.Ref{Index: idx, ID: chunk.NewID(), Len: uint32(keep)}
+			if t.Sum, err = f.blobs.Put(ctx, t.ID, data[:keep]); err != nil {
+				return meta.Attr{}, fmt.Errorf("truncate inode %d: chunk %d: %w", ino, idx, err)
+			}
+			tail = &t
+		}
+	}
+
+	attr, freed, err := f.ns.Truncate(ctx, ino, newSize, cs, tail)
+	if err != nil {
+		if tail != nil {
+			f.discardIfGone(ctx, ino, err, *tail)
+		}
+		return meta.Attr{}, fmt.Errorf("truncate inode %d from %d to %d: %w", ino, oldSize, newSize, err)
+	}
+	if tail != nil {
+		// The replaced tail is unreferenced now, whether or not the
+		// namespace lists it in freed (writes to ino are serialized, so
+		// it was still the current reference).
+		freed = append(freed, oldTail)
+	}
+	f.deleteFreed(ctx, ino, freed)
+	return attr, nil
+}

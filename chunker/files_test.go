@@ -1,0 +1,483 @@
+package chunker
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// fakeNS is an in-memory Namespace: per inode, a chunk map and a size.
+type fakeNS struct {
+	mu      sync.Mutex
+	files   map[meta.Ino]*fakeFile
+	commits int
+}
+
+type fakeFile struct {
+	refs map[uint64]chunk.Ref
+	size uint64
+}
+
+func newFakeNS() *fakeNS { return &fakeNS{files: make(map[meta.Ino]*fakeFile)} }
+
+func (n *fakeNS) file(ino meta.Ino) *fakeFile {
+	f := n.files[ino]
+	if f == nil {
+		f = &fakeFile{refs: make(map[uint64]chunk.Ref)}
+		n.files[ino] = f
+	}
+	return f
+}
+
+func (n *fakeNS) size(ino meta.Ino) uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.file(ino).size
+}
+
+func (n *fakeNS) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []chunk.Ref
+	for idx, r := range n.file(ino).refs {
+		if idx >= first && idx <= last {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b chunk.Ref) int { return cmp.Compare(a.Index, b.Index) })
+	return out, nil
+}
+
+func (n *fakeNS) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, size uint64) (meta.Attr, meta.Freed, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.commits++
+	f := n.file(ino)
+	var freed meta.Freed
+	for _, r := range refs {
+		if old, ok := f.refs[r.Index]; ok {
+			freed = append(freed, old)
+		}
+		f.refs[r.Index] = r
+	}
+	f.size = max(f.size, size)
+	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
+}
+
+func (n *fakeNS) Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref) (meta.Attr, meta.Freed, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f := n.file(ino)
+	var freed meta.Freed
+	for idx, r := range f.refs {
+		if idx*chunkSize >= size {
+			freed = append(freed, r)
+			delete(f.refs, idx)
+		}
+	}
+	if tail != nil {
+		if old, ok := f.refs[tail.Index]; ok {
+			freed = append(freed, old)
+		}
+		f.refs[tail.Index] = *tail
+	}
+	f.size = size
+	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
+}
+
+// checkRefs verifies that no chunk holds bytes past the file size and that
+// every referenced chunk exists with its recorded length and checksum.
+func (n *fakeNS) checkRefs(t *testing.T, s *LocalStore, ino meta.Ino) int {
+	t.Helper()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f := n.file(ino)
+	for idx, r := range f.refs {
+		data, err := s.Get(t.Context(), r.ID)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", idx, err)
+		}
+		if len(data) != int(r.Len) || sumOf(data) != r.Sum {
+			t.Fatalf("chunk %d: ref does not match stored chunk", idx)
+		}
+	}
+	return len(f.refs)
+}
+
+const testChunkSize = 4096
+
+func newTestFiles(t *testing.T) (*Files, *fakeNS, *LocalStore) {
+	t.Helper()
+	s := openTestStore(t)
+	ns := newFakeNS()
+	return NewFiles(ns, s, testChunkSize, testLogger(t)), ns, s
+}
+
+// readAll reads the whole file through ReadAt and checks io.EOF semantics.
+func readAll(t *testing.T, f *Files, ino meta.Ino, size uint64) []byte {
+	t.Helper()
+	p := make([]byte, size+10)
+	n, err := f.ReadAt(t.Context(), ino, size, p, 0)
+	if uint64(n) != size || err != io.EOF {
+		t.Fatalf("ReadAt whole file: n=%d err=%v, want %d, io.EOF", n, err, size)
+	}
+	return p[:n]
+}
+
+func TestFilesModel(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(7)
+	const maxSize = 6*testChunkSize + 123
+	rng := rand.New(rand.NewPCG(1, 2))
+	var model []byte
+	for op := range 400 {
+		switch k := rng.IntN(10); {
+		case k < 5: // write
+			off := rng.IntN(maxSize)
+			n := rng.IntN(min(maxSize-off, 2*testChunkSize+100) + 1)
+			if rng.IntN(4) == 0 { // an aligned, chunk-sized write
+				off = rng.IntN(maxSize/testChunkSize) * testChunkSize
+				n = testChunkSize
+			}
+			p := make([]byte, n)
+			for i := range p {
+				p[i] = byte(rng.Uint32())
+			}
+			attr, err := f.WriteAt(ctx, ino, p, int64(off))
+			if err != nil {
+				t.Fatalf("op %d: WriteAt(%d, %d): %v", op, off, n, err)
+			}
+			if end := off + n; end > len(model) {
+				model = append(model, make([]byte, end-len(model))...)
+			}
+			copy(model[off:], p)
+			if attr.Size != uint64(len(model)) {
+				t.Fatalf("op %d: WriteAt size %d, model %d", op, attr.Size, len(model))
+			}
+		case k < 7: // truncate
+			size := rng.IntN(maxSize)
+			attr, err := f.Truncate(ctx, ino, uint64(len(model)), uint64(size))
+			if err != nil {
+				t.Fatalf("op %d: Truncate(%d): %v", op, size, err)
+			}
+			if size < len(model) {
+				model = model[:size]
+			} else {
+				model = append(model, make([]byte, size-len(model))...)
+			}
+			if attr.Size != uint64(size) {
+				t.Fatalf("op %d: Truncate size %d, want %d", op, attr.Size, size)
+			}
+		default: // read a random range, possibly past the end
+			off := rng.IntN(maxSize + 100)
+			p := make([]byte, rng.IntN(3*testChunkSize))
+			n, err := f.ReadAt(ctx, ino, uint64(len(model)), p, int64(off))
+			want := 0
+			if off < len(model) {
+				want = min(len(p), len(model)-off)
+			}
+			switch {
+			case n != want:
+				t.Fatalf("op %d: ReadAt(%d, %d) = %d, want %d", op, off, len(p), n, want)
+			case n < len(p) && err != io.EOF:
+				t.Fatalf("op %d: short ReadAt err = %v, want io.EOF", op, err)
+			case n == len(p) && n > 0 && err != nil:
+				t.Fatalf("op %d: full ReadAt err = %v", op, err)
+			case want > 0 && !bytes.Equal(p[:n], model[off:off+n]):
+				t.Fatalf("op %d: ReadAt(%d, %d) differs from model", op, off, len(p))
+			}
+		}
+		if got := ns.size(ino); got != uint64(len(model)) {
+			t.Fatalf("op %d: namespace size %d, model %d", op, got, len(model))
+		}
+	}
+	if got := readAll(t, f, ino, uint64(len(model))); !bytes.Equal(got, model) {
+		t.Fatal("final content differs from model")
+	}
+	// Every replaced chunk was deleted: the store holds exactly the
+	// referenced chunks.
+	refs := ns.checkRefs(t, s, ino)
+	if files := countChunkFiles(t, s.Dir()); files != refs {
+		t.Fatalf("store holds %d chunks, chunk map references %d", files, refs)
+	}
+}
+
+func TestFilesUnalignedAcrossChunks(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(2)
+	p := bytes.Repeat([]byte("0123456789abcdef"), 3*testChunkSize/16) // 3 chunks of bytes
+	off := int64(testChunkSize/2 + 3)
+	if _, err := f.WriteAt(ctx, ino, p, off); err != nil {
+		t.Fatal(err)
+	}
+	want := append(make([]byte, off), p...)
+	if got := readAll(t, f, ino, uint64(len(want))); !bytes.Equal(got, want) {
+		t.Fatal("content differs")
+	}
+	if n := ns.checkRefs(t, s, ino); n != 4 {
+		t.Fatalf("%d chunks, want 4", n)
+	}
+	// The last chunk holds only the bytes written into it.
+	refs, _ := ns.Chunks(ctx, ino, 3, 3)
+	if len(refs) != 1 || uint64(refs[0].Len) != uint64(len(want))%testChunkSize {
+		t.Fatalf("last ref %+v, want Len %d", refs, len(want)%testChunkSize)
+	}
+}
+
+func TestFilesLargeWrite(t *testing.T) {
+	ctx := t.Context()
+	s := openTestStore(t)
+	ns := newFakeNS()
+	f := NewFiles(ns, s, 0, testLogger(t)) // DefaultChunkSize
+	const ino = meta.Ino(3)
+	p := make([]byte, 3<<20+17)
+	for i := range p {
+		p[i] = byte(i * 7)
+	}
+	off := int64(DefaultChunkSize - 5)
+	if _, err := f.WriteAt(ctx, ino, p, off); err != nil {
+		t.Fatal(err)
+	}
+	if ns.commits != 1 {
+		t.Errorf("%d commits, want 1", ns.commits)
+	}
+	got := make([]byte, len(p))
+	if n, err := f.ReadAt(ctx, ino, ns.size(ino), got, off); n != len(p) || (err != nil && err != io.EOF) {
+		t.Fatalf("ReadAt = %d, %v", n, err)
+	}
+	if !bytes.Equal(got, p) {
+		t.Fatal("content differs")
+	}
+	if n := countChunkFiles(t, s.Dir()); n != 5 {
+		t.Errorf("%d chunk files, want 5", n)
+	}
+}
+
+func TestFilesSparseBeyond4GiB(t *testing.T) {
+	ctx := t.Context()
+	f, _, s := newTestFiles(t)
+	const ino = meta.Ino(4)
+	const off = 5 << 30
+	p := []byte("data at five gibibytes")
+	attr, err := f.WriteAt(ctx, ino, p, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attr.Size != off+uint64(len(p)) {
+		t.Fatalf("size %d, want %d", attr.Size, off+len(p))
+	}
+	if n := countChunkFiles(t, s.Dir()); n != 1 {
+		t.Fatalf("%d chunk files, want 1 (sparse)", n)
+	}
+	got := make([]byte, len(p)+8)
+	n, err := f.ReadAt(ctx, ino, attr.Size, got, off)
+	if n != len(p) || err != io.EOF || !bytes.Equal(got[:n], p) {
+		t.Fatalf("ReadAt at 5 GiB = %d, %v, %q", n, err, got[:n])
+	}
+	// Holes, including one spanning the 4 GiB boundary, read as zeros.
+	for _, holeOff := range []int64{0, 1 << 30, 4<<30 - 100, off - 10} {
+		hole := bytes.Repeat([]byte{0xFF}, 3*testChunkSize)
+		if holeOff == off-10 {
+			hole = hole[:10]
+		}
+		n, err := f.ReadAt(ctx, ino, attr.Size, hole, holeOff)
+		if n != len(hole) || err != nil {
+			t.Fatalf("ReadAt hole at %d = %d, %v", holeOff, n, err)
+		}
+		if !bytes.Equal(hole, make([]byte, len(hole))) {
+			t.Fatalf("hole at %d is not zeros", holeOff)
+		}
+	}
+}
+
+func TestFilesTruncateThenExtendReadsZeros(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(5)
+	p := bytes.Repeat([]byte{0xAB}, 3*testChunkSize)
+	if _, err := f.WriteAt(ctx, ino, p, 0); err != nil {
+		t.Fatal(err)
+	}
+	cut := uint64(testChunkSize + 100)
+	if _, err := f.Truncate(ctx, ino, uint64(len(p)), cut); err != nil {
+		t.Fatal(err)
+	}
+	// Extend by truncate, then by writing one byte far out.
+	if _, err := f.Truncate(ctx, ino, cut, 2*testChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(ctx, ino, []byte{1}, 4*testChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, f, ino, ns.size(ino))
+	want := make([]byte, 4*testChunkSize+1)
+	copy(want, p[:cut])
+	want[len(want)-1] = 1
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < len(got) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("content differs from byte %d", i)
+	}
+	// The tail chunk was rewritten short; old chunks past the cut are gone.
+	refs, _ := ns.Chunks(ctx, ino, 1, 1)
+	if len(refs) != 1 || refs[0].Len != 100 {
+		t.Fatalf("tail ref %+v, want Len 100", refs)
+	}
+	if files, refs := countChunkFiles(t, s.Dir()), ns.checkRefs(t, s, ino); files != refs || refs != 3 {
+		t.Fatalf("%d chunk files, %d refs, want 3", files, refs)
+	}
+}
+
+func TestFilesConcurrentWritesToOneChunk(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(6)
+	const writers, piece = 8, testChunkSize / 8
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Go(func() {
+			// Each writer fills its own piece of chunk 0 and of
+			// chunk 2, a few bytes at a time.
+			for _, base := range []int64{0, 2 * testChunkSize} {
+				for i := 0; i < piece; i += piece / 4 {
+					p := bytes.Repeat([]byte{byte(g + 1)}, piece/4)
+					if _, err := f.WriteAt(ctx, ino, p, base+int64(g*piece+i)); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got := readAll(t, f, ino, ns.size(ino))
+	for g := range writers {
+		for _, base := range []int{0, 2 * testChunkSize} {
+			part := got[base+g*piece : base+(g+1)*piece]
+			if !bytes.Equal(part, bytes.Repeat([]byte{byte(g + 1)}, piece)) {
+				t.Errorf("writer %d's bytes at %d lost", g, base)
+			}
+		}
+	}
+	if files := countChunkFiles(t, s.Dir()); files != 2 {
+		t.Errorf("%d chunk files, want 2 (replaced chunks deleted)", files)
+	}
+}
+
+func TestFilesConcurrentReadDuringWrites(t *testing.T) {
+	ctx := t.Context()
+	f, ns, _ := newTestFiles(t)
+	const ino = meta.Ino(8)
+	if _, err := f.WriteAt(ctx, ino, make([]byte, testChunkSize), 0); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range 50 {
+			if _, err := f.WriteAt(ctx, ino, bytes.Repeat([]byte{byte(i)}, 10), 100); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		p := make([]byte, 10)
+		for range 200 {
+			if _, err := f.ReadAt(ctx, ino, ns.size(ino), p, 100); err != nil {
+				t.Errorf("ReadAt during writes: %v", err)
+				return
+			}
+			if bytes.Count(p, p[:1]) != len(p) {
+				t.Errorf("torn read %v", p)
+				return
+			}
+		}
+	})
+	wg.Wait()
+}
+
+func TestFilesReadCorruptChunk(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(9)
+	if _, err := f.WriteAt(ctx, ino, []byte("precious"), 0); err != nil {
+		t.Fatal(err)
+	}
+	refs, _ := ns.Chunks(ctx, ino, 0, 0)
+	path := s.Path(refs[0].ID)
+	b := readFile(t, path)
+	b[headerSize] ^= 1
+	writeFile(t, path, b)
+	p := make([]byte, 8)
+	if n, err := f.ReadAt(ctx, ino, 8, p, 0); !errors.Is(err, chunk.ErrCorrupt) || n != 0 {
+		t.Fatalf("ReadAt corrupt chunk = %d, %v; want 0, ErrCorrupt", n, err)
+	}
+	// A partial write over a corrupt chunk fails rather than spreading it.
+	if _, err := f.WriteAt(ctx, ino, []byte("x"), 3); !errors.Is(err, chunk.ErrCorrupt) {
+		t.Fatalf("WriteAt over corrupt chunk: %v", err)
+	}
+}
+
+func TestFilesEdgeCases(t *testing.T) {
+	ctx := t.Context()
+	f, ns, _ := newTestFiles(t)
+	const ino = meta.Ino(10)
+	if _, err := f.WriteAt(ctx, ino, []byte("x"), -1); !errors.Is(err, meta.ErrInvalid) {
+		t.Errorf("negative write offset: %v", err)
+	}
+	if _, err := f.ReadAt(ctx, ino, 0, make([]byte, 1), -1); !errors.Is(err, meta.ErrInvalid) {
+		t.Errorf("negative read offset: %v", err)
+	}
+	if _, err := f.WriteAt(ctx, ino, make([]byte, 2), 1<<63-1); !errors.Is(err, meta.ErrInvalid) {
+		t.Errorf("write past max size: %v", err)
+	}
+	attr, err := f.WriteAt(ctx, ino, nil, 1000)
+	if err != nil || attr.Size != 0 {
+		t.Errorf("zero-length write: size %d, %v", attr.Size, err)
+	}
+	if n, err := f.ReadAt(ctx, ino, 0, make([]byte, 4), 0); n != 0 || err != io.EOF {
+		t.Errorf("read of empty file = %d, %v", n, err)
+	}
+	if n, err := f.ReadAt(ctx, ino, 0, nil, 0); n != 0 || err != nil {
+		t.Errorf("zero-length read = %d, %v", n, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := f.WriteAt(cctx, ino, []byte("x"), 0); err == nil {
+		t.Error("write with cancelled context succeeded")
+	}
+	if ns.size(ino) != 0 {
+		t.Errorf("size %d after failed writes", ns.size(ino))
+	}
+}
+
+var _ Namespace = (*fakeNS)(nil)
+
+func BenchmarkWriteAt1MiB(b *testing.B) {
+	s, err := OpenLocal(b.TempDir(), testLogger(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	f := NewFiles(newFakeNS(), s, DefaultChunkSize, testLogger(b))
+	p := make([]byte, DefaultChunkSize)
+	b.SetBytes(int64(len(p)))
+	for i := 0; b.Loop(); i++ {
+		if _, err := f.WriteAt(b.Context(), 1, p, int64(i%64)*DefaultChunkSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

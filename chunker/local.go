@@ -1,0 +1,327 @@
+package chunker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+)
+
+// tmpPrefix starts the name of every file a LocalStore writes before its
+// final rename. Such files left by a crash are removed by OpenLocal.
+const tmpPrefix = ".tmp-"
+
+// LocalStore keeps chunks as checksummed files in one directory of a local
+// disk; see the package documentation for the layout and file format. All
+// file access goes through an os.Root, so no chunk ID or symlink can reach
+// outside the directory.
+//
+// Every method is safe for concurrent use and idempotent. Put is durable
+// when it returns; Get verifies every chunk it reads.
+type LocalStore struct {
+	dir  string
+	root *os.Root
+	log  zerolog.Logger
+}
+
+// OpenLocal opens the chunk store in dir, creating the directory and its 256
+// fan-out subdirectories if needed. It fails with an error naming dir when
+// the directory cannot be created or written. Temporary files left by a
+// crash during Put are removed.
+func OpenLocal(dir string, log zerolog.Logger) (*LocalStore, error) {
+	if dir == "" {
+		return nil, errors.New("chunk store: empty directory name")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("chunk store %s: create directory: %w", dir, err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("chunk store %s: open directory: %w", dir, err)
+	}
+	s := &LocalStore{dir: dir, root: root, log: log.With().Str("chunk_dir", dir).Logger()}
+	if err := s.init(); err != nil {
+		_ = root.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// init creates the fan-out directories, checks the store is writable and
+// removes leftover temporary files.
+func (s *LocalStore) init() error {
+	for i := range 256 {
+		sub := fmt.Sprintf("%02x", i)
+		err := s.root.Mkdir(sub, 0o755)
+		if errors.Is(err, fs.ErrExist) {
+			fi, serr := s.root.Stat(sub)
+			if serr != nil {
+				return fmt.Errorf("chunk store %s: %w", s.dir, serr)
+			}
+			if !fi.IsDir() {
+				return fmt.Errorf("chunk store %s: %s is not a directory", s.dir, filepath.Join(s.dir, sub))
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("chunk store %s: directory not writable: %w", s.dir, err)
+		}
+	}
+	if err := s.probeWritable(); err != nil {
+		return fmt.Errorf("chunk store %s: directory not writable: %w", s.dir, err)
+	}
+	if err := s.syncDir("."); err != nil {
+		return fmt.Errorf("chunk store %s: %w", s.dir, err)
+	}
+	return s.removeTemps()
+}
+
+// probeWritable creates, syncs and removes a small file at the top of the
+// store.
+func (s *LocalStore) probeWritable() error {
+	name := tmpPrefix + "probe-" + chunk.NewID().String()
+	f, err := s.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write([]byte("wormhole"))
+	serr := f.Sync()
+	cerr := f.Close()
+	rerr := s.root.Remove(name)
+	return errors.Join(werr, serr, cerr, rerr)
+}
+
+// removeTemps deletes the temporary files a crash may have left behind in
+// the store's top directory and its fan-out subdirectories.
+func (s *LocalStore) removeTemps() error {
+	removed := 0
+	for i := -1; i < 256; i++ {
+		sub := "."
+		if i >= 0 {
+			sub = fmt.Sprintf("%02x", i)
+		}
+		entries, err := fs.ReadDir(s.root.FS(), sub)
+		if err != nil {
+			return fmt.Errorf("chunk store %s: scan for temporary files: %w", s.dir, err)
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), tmpPrefix) || e.IsDir() {
+				continue
+			}
+			name := filepath.Join(sub, e.Name())
+			if err := s.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("chunk store %s: remove temporary file: %w", s.dir, err)
+			}
+			removed++
+		}
+	}
+	if removed > 0 {
+		s.log.Info().Int("files", removed).Msg("removed temporary chunk files left by a crash")
+	}
+	return nil
+}
+
+// Close releases the store's directory handle. The store must not be used
+// afterwards.
+func (s *LocalStore) Close() error {
+	if err := s.root.Close(); err != nil {
+		return fmt.Errorf("chunk store %s: close: %w", s.dir, err)
+	}
+	return nil
+}
+
+// Dir returns the directory the store was opened on.
+func (s *LocalStore) Dir() string { return s.dir }
+
+// relPath returns the fan-out subdirectory of id and the chunk file's path,
+// both relative to the store directory.
+func relPath(id chunk.ID) (sub, file string) {
+	h := id.String()
+	return h[:2], h[:2] + "/" + h
+}
+
+// Path returns the path of the file that holds (or would hold) chunk id.
+func (s *LocalStore) Path(id chunk.ID) string {
+	_, rel := relPath(id)
+	return filepath.Join(s.dir, filepath.FromSlash(rel))
+}
+
+// Put stores data as chunk id and returns its BLAKE3-256 checksum. The chunk
+// is written to a temporary file, synced, renamed into place and the
+// directory synced, so it is durable when Put returns and a crash leaves
+// either no chunk or the whole chunk. Putting an ID again replaces the
+// stored chunk atomically (IDs are never reused for different bytes). A full
+// disk or exhausted quota yields an error wrapping chunk.ErrNoSpace. Put does
+// not keep data after it returns.
+func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error) {
+	if err := ctx.Err(); err != nil {
+		return chunk.Sum{}, fmt.Errorf("chunk store %s: put chunk %s: %w", s.dir, id, err)
+	}
+	if uint64(len(data)) > MaxChunkLen {
+		return chunk.Sum{}, fmt.Errorf("chunk store %s: put chunk %s: %d bytes exceeds the %d-byte limit", s.dir, id, len(data), uint64(MaxChunkLen))
+	}
+	hdr, sum := encodeHeader(id, data)
+	sub, rel := relPath(id)
+	tmp := sub + "/" + tmpPrefix + id.String() + "-" + chunk.NewID().String()[:16]
+
+	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
+	}
+	if err := writeSyncClose(f, hdr[:], data); err != nil {
+		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
+		}
+		return chunk.Sum{}, s.putErr(id, "write", err)
+	}
+	if err := s.root.Rename(tmp, rel); err != nil {
+		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
+		}
+		return chunk.Sum{}, s.putErr(id, "rename", err)
+	}
+	if err := s.syncDir(sub); err != nil {
+		return chunk.Sum{}, s.putErr(id, "sync directory", err)
+	}
+	return sum, nil
+}
+
+// writeSyncClose writes hdr and data to f, syncs it and closes it.
+func writeSyncClose(f *os.File, hdr, data []byte) error {
+	_, err := f.Write(hdr)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// putErr wraps an error of Put, adding chunk.ErrNoSpace when the disk or
+// quota is full.
+func (s *LocalStore) putErr(id chunk.ID, op string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("chunk store %s: put chunk %s: %s: %w: %w", s.dir, id, op, chunk.ErrNoSpace, err)
+	}
+	return fmt.Errorf("chunk store %s: put chunk %s: %s: %w", s.dir, id, op, err)
+}
+
+// syncDir fsyncs the directory rel (relative to the store) so that entries
+// created or renamed in it are durable.
+func (s *LocalStore) syncDir(rel string) error {
+	d, err := s.root.Open(rel)
+	if err != nil {
+		return fmt.Errorf("open directory for sync: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", rel, err)
+	}
+	return nil
+}
+
+// Get returns the data of chunk id. The header, length and checksum are
+// verified on every call: a chunk that fails any check (or that the disk
+// cannot read, EIO) yields an error wrapping chunk.ErrCorrupt that names the
+// chunk and its path, is logged at error level, and none of its bytes are
+// returned. A missing chunk yields an error wrapping chunk.ErrNotFound.
+func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, err)
+	}
+	_, rel := relPath(id)
+	b, err := s.readFile(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
+	}
+	if err == nil {
+		var data []byte
+		data, _, err = decodeChunk(id, b)
+		if err == nil {
+			return data, nil
+		}
+	} else if !errors.Is(err, chunk.ErrCorrupt) {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
+	}
+	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Msg("corrupt chunk")
+	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
+}
+
+// readFile reads the chunk file rel whole. Files that are not regular, too
+// large to be a chunk, change size while read or hit EIO wrap
+// chunk.ErrCorrupt.
+func (s *LocalStore) readFile(rel string) ([]byte, error) {
+	f, err := s.root.Open(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: not a regular file (%s)", chunk.ErrCorrupt, fi.Mode().Type())
+	}
+	if fi.Size() > headerSize+MaxChunkLen {
+		return nil, fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, fi.Size())
+	}
+	b := make([]byte, fi.Size())
+	n, err := io.ReadFull(f, b)
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return nil, fmt.Errorf("%w: file shrank to %d bytes while read", chunk.ErrCorrupt, n)
+	case errors.Is(err, syscall.EIO):
+		return nil, fmt.Errorf("%w: %w", chunk.ErrCorrupt, err)
+	case err != nil:
+		return nil, err
+	}
+	return b, nil
+}
+
+// Delete removes chunk id. Deleting a missing chunk succeeds. The removal is
+// not synced to disk: after a crash a deleted chunk may reappear as an
+// orphan, which wastes space but is never read through a chunk map.
+func (s *LocalStore) Delete(ctx context.Context, id chunk.ID) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("chunk store %s: delete chunk %s: %w", s.dir, id, err)
+	}
+	_, rel := relPath(id)
+	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunk store %s: delete chunk %s: %w", s.dir, id, err)
+	}
+	return nil
+}
+
+// Usage reports the total size of the filesystem holding the store and the
+// bytes available to it, from statfs.
+func (s *LocalStore) Usage() (total, free uint64, err error) {
+	d, err := s.root.Open(".")
+	if err != nil {
+		return 0, 0, fmt.Errorf("chunk store %s: usage: %w", s.dir, err)
+	}
+	defer func() { _ = d.Close() }()
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(d.Fd()), &st); err != nil {
+		return 0, 0, fmt.Errorf("chunk store %s: statfs: %w", s.dir, err)
+	}
+	bsize := uint64(st.Bsize)
+	return st.Blocks * bsize, st.Bavail * bsize, nil
+}

@@ -1,0 +1,129 @@
+package nfsfront
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"syscall"
+
+	nfs "github.com/willscott/go-nfs"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// This file is the one place where internal errors become NFS status codes.
+// Everything else returns wrapped sentinels (meta.Err*, chunk.Err*) and lets
+// errnoOf and statusOf decide.
+
+// errnoOf maps an internal error to the POSIX errno a local filesystem would
+// return for it. Unknown errors are EIO: the client sees an I/O error rather
+// than a wrong answer.
+func errnoOf(err error) syscall.Errno {
+	var errno syscall.Errno
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &errno):
+		return errno
+	case errors.Is(err, meta.ErrNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, meta.ErrStale):
+		return syscall.ESTALE
+	case errors.Is(err, meta.ErrExists):
+		return syscall.EEXIST
+	case errors.Is(err, meta.ErrNotDir):
+		return syscall.ENOTDIR
+	case errors.Is(err, meta.ErrIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, meta.ErrNotEmpty):
+		return syscall.ENOTEMPTY
+	case errors.Is(err, meta.ErrInvalid):
+		return syscall.EINVAL
+	case errors.Is(err, meta.ErrNameTooLong):
+		return syscall.ENAMETOOLONG
+	case errors.Is(err, meta.ErrTooManyLink):
+		return syscall.EMLINK
+	case errors.Is(err, meta.ErrNoSpace), errors.Is(err, chunk.ErrNoSpace):
+		return syscall.ENOSPC
+	case errors.Is(err, errReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, errPerm):
+		return syscall.EPERM
+	case errors.Is(err, errAccess):
+		return syscall.EACCES
+	case errors.Is(err, errNotSupported):
+		return syscall.ENOTSUP
+	case errors.Is(err, context.DeadlineExceeded):
+		return syscall.EIO // the client retries; a later reply may succeed
+	}
+	return syscall.EIO // chunk.ErrCorrupt and anything unexpected
+}
+
+// Errors of the front itself.
+var (
+	errReadOnly     = errors.New("read-only export")
+	errPerm         = errors.New("operation not permitted")
+	errAccess       = errors.New("permission denied")
+	errNotSupported = errors.New("operation not supported")
+	errBadHandle    = errors.New("bad file handle")
+)
+
+// toPathError returns err in the form go-nfs understands: a *fs.PathError
+// holding a syscall.Errno, so that its os.IsNotExist / os.IsPermission checks
+// (which do not follow %w chains) pick the right status.
+func toPathError(op, path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &fs.PathError{Op: op, Path: path, Err: errnoOf(err)}
+}
+
+// statusOf maps an error to the NFSv3 status our own procedure handlers send.
+func statusOf(err error) nfs.NFSStatus {
+	switch {
+	case errors.Is(err, errBadHandle):
+		return nfs.NFSStatusBadHandle
+	case errors.Is(err, errNotSync):
+		return nfs.NFSStatusNotSync
+	}
+	switch errnoOf(err) {
+	case 0:
+		return nfs.NFSStatusOk
+	case syscall.EPERM:
+		return nfs.NFSStatusPerm
+	case syscall.ENOENT:
+		return nfs.NFSStatusNoEnt
+	case syscall.EACCES:
+		return nfs.NFSStatusAccess
+	case syscall.EEXIST:
+		return nfs.NFSStatusExist
+	case syscall.EXDEV:
+		return nfs.NFSStatusXDev
+	case syscall.ENOTDIR:
+		return nfs.NFSStatusNotDir
+	case syscall.EISDIR:
+		return nfs.NFSStatusIsDir
+	case syscall.EINVAL:
+		return nfs.NFSStatusInval
+	case syscall.EFBIG:
+		return nfs.NFSStatusFBig
+	case syscall.ENOSPC:
+		return nfs.NFSStatusNoSPC
+	case syscall.EDQUOT:
+		return nfs.NFSStatusDQuot
+	case syscall.EROFS:
+		return nfs.NFSStatusROFS
+	case syscall.EMLINK:
+		return nfs.NFSStatusMlink
+	case syscall.ENAMETOOLONG:
+		return nfs.NFSStatusNameTooLong
+	case syscall.ENOTEMPTY:
+		return nfs.NFSStatusNotEmpty
+	case syscall.ESTALE:
+		return nfs.NFSStatusStale
+	case syscall.ENOTSUP:
+		return nfs.NFSStatusNotSupp
+	}
+	return nfs.NFSStatusIO
+}

@@ -1,0 +1,388 @@
+package nfsfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	billy "github.com/go-git/go-billy/v5"
+	"github.com/willscott/go-nfs/file"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// fsys is the billy.Filesystem that go-nfs sees for the procedures it still
+// serves (READ, WRITE, READDIR, READDIRPLUS, READLINK, ACCESS, FSSTAT,
+// FSINFO, PATHCONF, COMMIT). Every mutating namespace procedure is served by
+// our own handlers (procs.go), so the mutating billy methods here refuse.
+//
+// go-nfs is path based. Instead of real paths, FromHandle returns inode
+// tokens: path components that start with a NUL byte and carry a per-process
+// nonce and an inode number. A NUL can never appear in a real name, and the
+// nonce keeps a client from forging a token inside a name it sends. A path
+// resolves from its last token, so resolving costs one metadata read per
+// real name after it (usually none or one), whatever the directory depth.
+//
+// billy methods take no context, so fsys keeps the server-lifetime context
+// and bounds each metadata call with opTimeout. It is the one stored context
+// in this package.
+type fsys struct {
+	ctx       context.Context //nolint:containedctx // billy gives no per-call context; see type doc.
+	opTimeout time.Duration
+	ns        Namespace
+	data      Data
+	nonce     string
+}
+
+var _ billy.Filesystem = (*fsys)(nil)
+
+// token returns the path component standing for ino.
+func (f *fsys) token(ino meta.Ino) string {
+	return "\x00" + f.nonce + ":" + strconv.FormatUint(uint64(ino), 16)
+}
+
+// parseToken returns the inode a token names, or false if c is no token of
+// this process.
+func (f *fsys) parseToken(c string) (meta.Ino, bool) {
+	rest, ok := strings.CutPrefix(c, "\x00"+f.nonce+":")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 16, 64)
+	if err != nil || n == 0 {
+		return 0, false
+	}
+	return meta.Ino(n), true
+}
+
+// pathFor is the go-nfs path for an inode: empty for the root, the parent
+// and the directory for a directory (so that go-nfs's ".." handling, which
+// drops the last component, lands on the parent), the inode alone otherwise.
+func (f *fsys) pathFor(a meta.Attr) []string {
+	switch {
+	case a.Ino == meta.RootIno:
+		return []string{}
+	case a.Type == meta.TypeDir:
+		return []string{f.token(a.Parent), f.token(a.Ino)}
+	default:
+		return []string{f.token(a.Ino)}
+	}
+}
+
+func (f *fsys) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(f.ctx, f.opTimeout)
+}
+
+// resolve returns the attributes of the object a go-nfs path names.
+func (f *fsys) resolve(ctx context.Context, p string) (meta.Attr, error) {
+	parts := strings.Split(p, "/")
+	cur, start := meta.RootIno, 0
+	for i := len(parts) - 1; i >= 0; i-- {
+		if ino, ok := f.parseToken(parts[i]); ok {
+			cur, start = ino, i+1
+			break
+		}
+	}
+	attr, err := f.ns.GetAttr(ctx, cur)
+	if err != nil {
+		return meta.Attr{}, err
+	}
+	for _, name := range parts[start:] {
+		if name == "" || name == "." {
+			continue
+		}
+		if strings.IndexByte(name, 0) >= 0 {
+			return meta.Attr{}, fmt.Errorf("name %q: %w", name, meta.ErrInvalid)
+		}
+		if attr.Type != meta.TypeDir {
+			return meta.Attr{}, fmt.Errorf("resolve %q: %w", name, meta.ErrNotDir)
+		}
+		if name == ".." {
+			attr, err = f.ns.GetAttr(ctx, attr.Parent)
+		} else {
+			attr, err = f.ns.Lookup(ctx, attr.Ino, name)
+		}
+		if err != nil {
+			return meta.Attr{}, err
+		}
+	}
+	return attr, nil
+}
+
+func baseName(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// Join joins path components without cleaning them (tokens must survive).
+func (f *fsys) Join(elem ...string) string { return strings.Join(elem, "/") }
+
+// Stat returns the attributes of p. Symlinks are not followed: NFS clients
+// resolve them themselves.
+func (f *fsys) Stat(p string) (os.FileInfo, error) { return f.Lstat(p) }
+
+// Lstat returns the attributes of p.
+func (f *fsys) Lstat(p string) (os.FileInfo, error) {
+	ctx, cancel := f.opCtx()
+	defer cancel()
+	a, err := f.resolve(ctx, p)
+	if err != nil {
+		return nil, toPathError("lstat", p, err)
+	}
+	return newFileInfo(baseName(p), a), nil
+}
+
+// Open opens p for reading.
+func (f *fsys) Open(p string) (billy.File, error) { return f.OpenFile(p, os.O_RDONLY, 0) }
+
+// OpenFile opens an existing regular file. Creation goes through our own
+// CREATE handler, never through here.
+func (f *fsys) OpenFile(p string, flag int, _ os.FileMode) (billy.File, error) {
+	if flag&(os.O_CREATE|os.O_TRUNC) != 0 {
+		return nil, toPathError("open", p, errNotSupported)
+	}
+	ctx, cancel := f.opCtx()
+	defer cancel()
+	a, err := f.resolve(ctx, p)
+	if err != nil {
+		return nil, toPathError("open", p, err)
+	}
+	if a.Type != meta.TypeRegular {
+		return nil, toPathError("open", p, meta.ErrIsDir)
+	}
+	return &openFile{fs: f, name: p, attr: a}, nil
+}
+
+// ReadDir lists a whole directory, paging through the namespace. Attributes
+// of the entries load lazily, so a READDIR page costs only its own entries.
+func (f *fsys) ReadDir(p string) ([]os.FileInfo, error) {
+	ctx, cancel := f.opCtx()
+	defer cancel()
+	dir, err := f.resolve(ctx, p)
+	if err != nil {
+		return nil, toPathError("readdir", p, err)
+	}
+	if dir.Type != meta.TypeDir {
+		return nil, toPathError("readdir", p, meta.ErrNotDir)
+	}
+	const page = 1000
+	var out []os.FileInfo
+	after := ""
+	for {
+		ents, err := f.ns.ReadDir(ctx, dir.Ino, after, page)
+		if err != nil {
+			return nil, toPathError("readdir", p, err)
+		}
+		for _, e := range ents {
+			out = append(out, &lazyInfo{fs: f, ent: e})
+		}
+		if len(ents) < page {
+			return out, nil
+		}
+		after = ents[len(ents)-1].Name
+	}
+}
+
+// Readlink returns a symlink's target.
+func (f *fsys) Readlink(p string) (string, error) {
+	ctx, cancel := f.opCtx()
+	defer cancel()
+	a, err := f.resolve(ctx, p)
+	if err != nil {
+		return "", toPathError("readlink", p, err)
+	}
+	if a.Type != meta.TypeSymlink {
+		return "", toPathError("readlink", p, meta.ErrInvalid)
+	}
+	return a.Target, nil
+}
+
+// Capabilities tells go-nfs what this filesystem supports.
+func (f *fsys) Capabilities() billy.Capability {
+	return billy.WriteCapability | billy.ReadCapability | billy.ReadAndWriteCapability | billy.SeekCapability | billy.TruncateCapability
+}
+
+// The namespace-changing billy methods are never reached: our own
+// procedure handlers serve CREATE, MKDIR, SYMLINK, REMOVE, RMDIR, RENAME,
+// LINK and SETATTR.
+
+// Create refuses; see the type doc.
+func (f *fsys) Create(p string) (billy.File, error) {
+	return nil, toPathError("create", p, errNotSupported)
+}
+
+// Rename refuses; see the type doc.
+func (f *fsys) Rename(from, _ string) error { return toPathError("rename", from, errNotSupported) }
+
+// Remove refuses; see the type doc.
+func (f *fsys) Remove(p string) error { return toPathError("remove", p, errNotSupported) }
+
+// TempFile refuses; see the type doc.
+func (f *fsys) TempFile(dir, _ string) (billy.File, error) {
+	return nil, toPathError("tempfile", dir, errNotSupported)
+}
+
+// MkdirAll refuses; see the type doc.
+func (f *fsys) MkdirAll(p string, _ os.FileMode) error {
+	return toPathError("mkdir", p, errNotSupported)
+}
+
+// Symlink refuses; see the type doc.
+func (f *fsys) Symlink(_, link string) error { return toPathError("symlink", link, errNotSupported) }
+
+// Chroot refuses: exports are chosen by handle, not by chroot.
+func (f *fsys) Chroot(p string) (billy.Filesystem, error) {
+	return nil, toPathError("chroot", p, errNotSupported)
+}
+
+// Root is the namespace root.
+func (f *fsys) Root() string { return "/" }
+
+// openFile is a regular file opened by go-nfs for one READ or WRITE.
+type openFile struct {
+	fs   *fsys
+	name string
+	attr meta.Attr
+	off  int64
+}
+
+var _ billy.File = (*openFile)(nil)
+
+func (o *openFile) Name() string { return o.name }
+
+func (o *openFile) ReadAt(p []byte, off int64) (int, error) {
+	ctx, cancel := o.fs.opCtx()
+	defer cancel()
+	n, err := o.fs.data.ReadAt(ctx, o.attr.Ino, o.attr.Size, p, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, toPathError("read", o.name, err)
+	}
+	return n, err
+}
+
+func (o *openFile) Read(p []byte) (int, error) {
+	n, err := o.ReadAt(p, o.off)
+	o.off += int64(n)
+	return n, err
+}
+
+func (o *openFile) Write(p []byte) (int, error) {
+	ctx, cancel := o.fs.opCtx()
+	defer cancel()
+	a, err := o.fs.data.WriteAt(ctx, o.attr.Ino, p, o.off)
+	if err != nil {
+		return 0, toPathError("write", o.name, err)
+	}
+	o.attr = a
+	o.off += int64(len(p))
+	return len(p), nil
+}
+
+func (o *openFile) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += o.off
+	case io.SeekEnd:
+		offset += int64(o.attr.Size)
+	default:
+		return o.off, toPathError("seek", o.name, meta.ErrInvalid)
+	}
+	if offset < 0 {
+		return o.off, toPathError("seek", o.name, meta.ErrInvalid)
+	}
+	o.off = offset
+	return offset, nil
+}
+
+func (o *openFile) Truncate(size int64) error {
+	ctx, cancel := o.fs.opCtx()
+	defer cancel()
+	a, err := o.fs.data.Truncate(ctx, o.attr.Ino, o.attr.Size, uint64(size))
+	if err != nil {
+		return toPathError("truncate", o.name, err)
+	}
+	o.attr = a
+	return nil
+}
+
+func (o *openFile) Close() error  { return nil }
+func (o *openFile) Lock() error   { return nil }
+func (o *openFile) Unlock() error { return nil }
+
+// fileInfo presents meta.Attr as an os.FileInfo whose Sys is the
+// *file.FileInfo go-nfs reads the inode number, link count and owner from.
+type fileInfo struct {
+	name string
+	attr meta.Attr
+}
+
+func newFileInfo(name string, a meta.Attr) *fileInfo { return &fileInfo{name: name, attr: a} }
+
+func (i *fileInfo) Name() string       { return i.name }
+func (i *fileInfo) Size() int64        { return int64(i.attr.Size) }
+func (i *fileInfo) Mode() fs.FileMode  { return goMode(i.attr) }
+func (i *fileInfo) ModTime() time.Time { return time.Unix(0, i.attr.Mtime) }
+func (i *fileInfo) IsDir() bool        { return i.attr.Type == meta.TypeDir }
+func (i *fileInfo) Sys() any {
+	return &file.FileInfo{Nlink: i.attr.Nlink, UID: i.attr.UID, GID: i.attr.GID, Fileid: uint64(i.attr.Ino)}
+}
+
+// goMode converts stored mode bits and type to an fs.FileMode.
+func goMode(a meta.Attr) fs.FileMode {
+	m := fs.FileMode(a.Mode & 0o777)
+	if a.Mode&0o4000 != 0 {
+		m |= fs.ModeSetuid
+	}
+	if a.Mode&0o2000 != 0 {
+		m |= fs.ModeSetgid
+	}
+	if a.Mode&0o1000 != 0 {
+		m |= fs.ModeSticky
+	}
+	switch a.Type {
+	case meta.TypeDir:
+		m |= fs.ModeDir
+	case meta.TypeSymlink:
+		m |= fs.ModeSymlink
+	}
+	return m
+}
+
+// lazyInfo is a directory entry whose attributes are read on first use.
+type lazyInfo struct {
+	fs   *fsys
+	ent  meta.Entry
+	once sync.Once
+	info *fileInfo
+}
+
+func (l *lazyInfo) load() *fileInfo {
+	l.once.Do(func() {
+		ctx, cancel := l.fs.opCtx()
+		defer cancel()
+		a, err := l.fs.ns.GetAttr(ctx, l.ent.Ino)
+		if err != nil {
+			// Removed since the listing: show what the entry knows.
+			a = meta.Attr{Ino: l.ent.Ino, Type: l.ent.Type, Nlink: 1}
+		}
+		l.info = newFileInfo(l.ent.Name, a)
+	})
+	return l.info
+}
+
+func (l *lazyInfo) Name() string       { return l.ent.Name }
+func (l *lazyInfo) IsDir() bool        { return l.ent.Type == meta.TypeDir }
+func (l *lazyInfo) Size() int64        { return l.load().Size() }
+func (l *lazyInfo) Mode() fs.FileMode  { return l.load().Mode() }
+func (l *lazyInfo) ModTime() time.Time { return l.load().ModTime() }
+func (l *lazyInfo) Sys() any           { return l.load().Sys() }

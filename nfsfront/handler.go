@@ -1,0 +1,162 @@
+package nfsfront
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"math"
+	"net"
+	"sync"
+
+	billy "github.com/go-git/go-billy/v5"
+	"github.com/rs/zerolog"
+	nfs "github.com/willscott/go-nfs"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// handler is the go-nfs Handler behind the procedures go-nfs still serves.
+// It decodes our stateless handles (never go-nfs's CachingHandler, whose
+// random in-memory ids are unknown to other nodes and die on restart).
+type handler struct {
+	fs     *fsys
+	codec  *handleCodec
+	log    zerolog.Logger
+	export uint8
+
+	mu       sync.Mutex
+	listings map[uint64]cachedListing // READDIR cookie verifier -> listing
+	order    []uint64                 // verifiers, oldest first
+	nextVerf uint64
+}
+
+// maxListings bounds the READDIR listing cache.
+const maxListings = 64
+
+type cachedListing struct {
+	path    string
+	entries []fs.FileInfo
+}
+
+var (
+	_ nfs.Handler        = (*handler)(nil)
+	_ nfs.CachingHandler = (*handler)(nil)
+)
+
+// Mount answers the MOUNT call: the one export is the namespace root.
+func (h *handler) Mount(_ context.Context, _ net.Conn, req nfs.MountRequest) (nfs.MountStatus, billy.Filesystem, []nfs.AuthFlavor) {
+	if p := string(req.Dirpath); p != "/" && p != "" {
+		h.log.Info().Str("path", p).Msg("mount refused: only / is exported")
+		return nfs.MountStatusErrNoEnt, nil, nil
+	}
+	return nfs.MountStatusOk, h.fs, []nfs.AuthFlavor{nfs.AuthFlavorUnix, nfs.AuthFlavorNull}
+}
+
+// Change is nil: attribute changes go through our own SETATTR.
+func (h *handler) Change(billy.Filesystem) billy.Change { return nil }
+
+// FSStat reports the chunk store's real capacity and the inode count.
+func (h *handler) FSStat(ctx context.Context, _ billy.Filesystem, s *nfs.FSStat) error {
+	ctx, cancel := context.WithTimeout(ctx, h.fs.opTimeout)
+	defer cancel()
+	total, free, err := h.fs.data.Usage()
+	if err != nil {
+		return fmt.Errorf("fsstat: %w", err)
+	}
+	inodes, err := h.fs.ns.StatFS(ctx)
+	if err != nil {
+		return fmt.Errorf("fsstat: %w", err)
+	}
+	s.TotalSize, s.FreeSize, s.AvailableSize = total, free, free
+	// Inodes are bounded by the metadata quota, not a table: report a
+	// large pool with the used ones taken out.
+	const pool = 1 << 32
+	s.TotalFiles = pool
+	s.FreeFiles, s.AvailableFiles = pool-min(inodes, pool), pool-min(inodes, pool)
+	return nil
+}
+
+// ToHandle returns the handle of the object at a go-nfs path.
+func (h *handler) ToHandle(_ billy.Filesystem, path []string) []byte {
+	ctx, cancel := h.fs.opCtx()
+	defer cancel()
+	a, err := h.fs.resolve(ctx, h.fs.Join(path...))
+	if err != nil {
+		h.log.Debug().Err(err).Msg("handle for vanished path")
+		return nil
+	}
+	return h.codec.Encode(Handle{Export: h.export, Ino: a.Ino, Gen: a.Gen})
+}
+
+// FromHandle decodes a handle to the path go-nfs works with.
+func (h *handler) FromHandle(fh []byte) (billy.Filesystem, []string, error) {
+	ctx, cancel := h.fs.opCtx()
+	defer cancel()
+	a, err := h.attrOf(ctx, fh)
+	if err != nil {
+		return nil, nil, toPathError("handle", "", err)
+	}
+	return h.fs, h.fs.pathFor(a), nil
+}
+
+// attrOf decodes and checks a handle and returns the inode's attributes.
+// A handle of a removed inode, or of an older generation, is stale.
+func (h *handler) attrOf(ctx context.Context, fh []byte) (meta.Attr, error) {
+	hd, err := h.codec.Decode(fh)
+	if err != nil {
+		return meta.Attr{}, err
+	}
+	if hd.Export != h.export {
+		return meta.Attr{}, fmt.Errorf("handle of export %d: %w", hd.Export, errBadHandle)
+	}
+	a, err := h.fs.ns.GetAttr(ctx, hd.Ino)
+	if err != nil {
+		return meta.Attr{}, fmt.Errorf("inode %d: %w", hd.Ino, meta.ErrStale)
+	}
+	if a.Gen != hd.Gen {
+		return meta.Attr{}, fmt.Errorf("inode %d generation %d, handle has %d: %w", hd.Ino, a.Gen, hd.Gen, meta.ErrStale)
+	}
+	return a, nil
+}
+
+// handleOf returns the handle for a.
+func (h *handler) handleOf(a meta.Attr) []byte {
+	return h.codec.Encode(Handle{Export: h.export, Ino: a.Ino, Gen: a.Gen})
+}
+
+// InvalidateHandle is a no-op: handles are stateless.
+func (h *handler) InvalidateHandle(billy.Filesystem, []byte) error { return nil }
+
+// HandleLimit bounds how many entries go-nfs puts in one READDIR reply
+// (it uses half of it); byte limits from the client apply first.
+func (h *handler) HandleLimit() int { return math.MaxInt32 }
+
+// VerifierFor caches a directory listing so READDIR pages after the first
+// come from it instead of listing the directory again.
+func (h *handler) VerifierFor(path string, contents []fs.FileInfo) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nextVerf++
+	v := h.nextVerf
+	if h.listings == nil {
+		h.listings = make(map[uint64]cachedListing)
+	}
+	h.listings[v] = cachedListing{path: path, entries: contents}
+	h.order = append(h.order, v)
+	for len(h.order) > maxListings {
+		delete(h.listings, h.order[0])
+		h.order = h.order[1:]
+	}
+	return v
+}
+
+// DataForVerifier returns a cached listing, or nil to make go-nfs list again.
+func (h *handler) DataForVerifier(path string, verifier uint64) []fs.FileInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l, ok := h.listings[verifier]
+	if !ok || l.path != path {
+		return nil
+	}
+	return l.entries
+}

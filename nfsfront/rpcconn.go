@@ -1,0 +1,266 @@
+package nfsfront
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// rpcConn owns one client connection. It reads whole RPC records (joining
+// fragments, refusing oversized ones before allocating), serves the NFS
+// procedures we implement ourselves, and hands every other record to a
+// go-nfs server bound to this connection through goNFSConn. Replies from
+// both sides are written as whole records under one lock, so they never
+// interleave on the wire.
+type rpcConn struct {
+	srv  *Server
+	raw  net.Conn
+	wmu  sync.Mutex
+	feed chan []byte // records for go-nfs, each with its record mark
+}
+
+func (s *Server) newConn(raw net.Conn) *rpcConn {
+	return &rpcConn{srv: s, raw: raw, feed: make(chan []byte, 8)}
+}
+
+// RPC constants (RFC 5531).
+const (
+	rpcCall        = 0
+	rpcReply       = 1
+	msgAccepted    = 0
+	acceptSuccess  = 0
+	acceptGarbage  = 4
+	lastFragment   = 1 << 31
+	progNFS        = 100003
+	authNone       = 0
+	authSys        = 1
+	maxAuthBody    = 400
+	anonymousID    = 65534
+	maxAuthSysGids = 16
+)
+
+func (c *rpcConn) serve(ctx context.Context) {
+	defer c.raw.Close()
+	log := c.srv.log.With().Str("client", c.raw.RemoteAddr().String()).Logger()
+
+	// The go-nfs side of this connection.
+	gc := &goNFSConn{Conn: c.raw, c: c}
+	l := &oneConnListener{conn: gc, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.srv.newGoNFS(ctx).Serve(l) })
+	defer func() {
+		close(c.feed)
+		l.Close()
+		wg.Wait()
+	}()
+
+	br := bufio.NewReaderSize(c.raw, 64<<10)
+	for {
+		rec, err := readRecord(br, c.srv.cfg.MaxRecord)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				log.Debug().Err(err).Msg("closing connection")
+			}
+			return
+		}
+		call, err := parseCall(rec)
+		if err != nil {
+			log.Debug().Err(err).Msg("malformed RPC call; closing connection")
+			return
+		}
+		if call.prog == progNFS && call.vers == 3 {
+			if proc, ok := ownProcs[call.proc]; ok {
+				reply := c.srv.handleOwn(ctx, call, proc)
+				if err := c.writeRecord(reply); err != nil {
+					return
+				}
+				continue
+			}
+		}
+		// go-nfs reads a single-fragment record.
+		framed := make([]byte, 4+len(rec))
+		binary.BigEndian.PutUint32(framed, uint32(len(rec))|lastFragment)
+		copy(framed[4:], rec)
+		select {
+		case c.feed <- framed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// readRecord reads one RPC record, joining its fragments.
+func readRecord(r io.Reader, max int) ([]byte, error) {
+	var rec []byte
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			if len(rec) > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		mark := binary.BigEndian.Uint32(hdr[:])
+		n := int(mark &^ lastFragment)
+		if len(rec)+n > max {
+			return nil, fmt.Errorf("rpc record over %d bytes", max)
+		}
+		start := len(rec)
+		rec = append(rec, make([]byte, n)...)
+		if _, err := io.ReadFull(r, rec[start:]); err != nil {
+			return nil, fmt.Errorf("rpc record body: %w", err)
+		}
+		if mark&lastFragment != 0 {
+			return rec, nil
+		}
+	}
+}
+
+// writeRecord sends one reply record (without mark) as a single fragment.
+func (c *rpcConn) writeRecord(body []byte) error {
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body))|lastFragment)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := (&net.Buffers{hdr[:], body}).WriteTo(c.raw)
+	return err
+}
+
+// goNFSConn is the connection go-nfs reads from and writes to: it yields
+// the records handed over in feed, one at a time, and forwards go-nfs's
+// reply records whole through writeRecord.
+type goNFSConn struct {
+	net.Conn
+	c   *rpcConn
+	cur []byte
+	out []byte
+}
+
+func (g *goNFSConn) Read(p []byte) (int, error) {
+	if len(g.cur) == 0 {
+		rec, ok := <-g.c.feed
+		if !ok {
+			return 0, io.EOF
+		}
+		g.cur = rec
+	}
+	n := copy(p, g.cur)
+	g.cur = g.cur[n:]
+	return n, nil
+}
+
+func (g *goNFSConn) Write(p []byte) (int, error) {
+	g.out = append(g.out, p...)
+	for len(g.out) >= 4 {
+		mark := binary.BigEndian.Uint32(g.out)
+		n := int(mark &^ lastFragment)
+		if len(g.out) < 4+n {
+			break
+		}
+		// go-nfs writes every reply as one last fragment.
+		if err := g.c.writeRecord(g.out[4 : 4+n]); err != nil {
+			return 0, err
+		}
+		g.out = g.out[4+n:]
+	}
+	if len(g.out) == 0 {
+		g.out = nil
+	}
+	return len(p), nil
+}
+
+// Close ends the client connection (go-nfs closes on protocol errors).
+func (g *goNFSConn) Close() error { return g.c.raw.Close() }
+
+// oneConnListener hands go-nfs a single connection, then blocks until
+// closed.
+type oneConnListener struct {
+	conn   net.Conn
+	given  bool
+	mu     sync.Mutex
+	done   chan struct{}
+	closed sync.Once
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if !l.given {
+		l.given = true
+		l.mu.Unlock()
+		return l.conn, nil
+	}
+	l.mu.Unlock()
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// rpcCallHeader is a parsed RPC call.
+type rpcCallHeader struct {
+	xid  uint32
+	prog uint32
+	vers uint32
+	proc uint32
+	cred creds
+	args []byte
+}
+
+// creds are the caller's AUTH_SYS credentials (AUTH_NULL maps to the
+// anonymous user).
+type creds struct {
+	uid, gid uint32
+	gids     []uint32
+}
+
+// parseCall decodes the RPC call header of a record.
+func parseCall(rec []byte) (rpcCallHeader, error) {
+	d := xdrDecoder{b: rec}
+	var h rpcCallHeader
+	h.xid = d.u32()
+	if mt := d.u32(); mt != rpcCall && d.err == nil {
+		return h, fmt.Errorf("rpc message type %d is not a call", mt)
+	}
+	if v := d.u32(); v != 2 && d.err == nil {
+		return h, fmt.Errorf("rpc version %d", v)
+	}
+	h.prog, h.vers, h.proc = d.u32(), d.u32(), d.u32()
+	flavor := d.u32()
+	body := d.opaque(maxAuthBody)
+	_ = d.u32()               // verifier flavor
+	_ = d.opaque(maxAuthBody) // verifier body
+	if d.err != nil {
+		return h, fmt.Errorf("rpc call header: %w", d.err)
+	}
+	h.cred = creds{uid: anonymousID, gid: anonymousID}
+	if flavor == authSys {
+		ad := xdrDecoder{b: body}
+		_ = ad.u32()       // stamp
+		_ = ad.opaque(255) // machine name
+		uid, gid := ad.u32(), ad.u32()
+		n := ad.u32()
+		if n > maxAuthSysGids {
+			return h, fmt.Errorf("AUTH_SYS with %d groups", n)
+		}
+		gids := make([]uint32, 0, n)
+		for range n {
+			gids = append(gids, ad.u32())
+		}
+		if ad.err != nil {
+			return h, fmt.Errorf("AUTH_SYS credentials: %w", ad.err)
+		}
+		h.cred = creds{uid: uid, gid: gid, gids: gids}
+	}
+	h.args = d.b[d.off:]
+	return h, nil
+}

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Installs the Debian packages the test suites need: qemu and a Debian
+# kernel for the guest that runs the Linux NFS client, busybox and cpio
+# for its initramfs. Idempotent; run as root.
+set -eu
+pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod"
+missing=""
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends $missing
+fi

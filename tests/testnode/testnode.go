@@ -1,0 +1,170 @@
+// Package testnode starts real Wormhole nodes for integration tests: the
+// built binary as a child process (for kill -9 and restart cases) or the
+// appliance in process, and mounts them with go-nfs-client.
+package testnode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	nfsc "github.com/willscott/go-nfs-client/nfs"
+	"github.com/willscott/go-nfs-client/nfs/rpc"
+)
+
+// BuildBinary builds cmd/wormhole into dir and returns its path. It uses
+// $WH_BIN instead when set.
+func BuildBinary(ctx context.Context, dir string) (string, error) {
+	if p := os.Getenv("WH_BIN"); p != "" {
+		return p, nil
+	}
+	out := filepath.Join(dir, "wormhole")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/wormhole-fs/wormhole/cmd/wormhole")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// FreeAddr returns a loopback address with a port free right now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Process is a wormhole binary running as a child process.
+type Process struct {
+	Addr    string
+	DataDir string
+	cmd     *exec.Cmd
+	stderr  *syncBuffer
+	done    chan struct{}
+	waitErr error
+}
+
+// Start runs `wormhole serve` with the given data dir and address plus
+// extra arguments. It does not wait for the node to serve.
+func Start(bin, dataDir, addr string, extra ...string) (*Process, error) {
+	args := append([]string{"serve", "--data-dir", dataDir, "--nfs-addr", addr}, extra...)
+	p := &Process{Addr: addr, DataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout = p.stderr
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// WaitReady waits until the node accepts NFS connections, the process
+// exits, or ctx ends.
+func (p *Process) WaitReady(ctx context.Context) error {
+	for {
+		c, err := net.DialTimeout("tcp", p.Addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("wormhole exited before serving: %v\n%s", p.waitErr, p.Output())
+		case <-ctx.Done():
+			return fmt.Errorf("wormhole not serving on %s: %w\n%s", p.Addr, ctx.Err(), p.Output())
+		case <-time.After(50 * time.Millisecond): // poll interval, not a wait for an event
+		}
+	}
+}
+
+// Wait waits for the process to exit and returns its exit code.
+func (p *Process) Wait(ctx context.Context) (int, error) {
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return -1, ctx.Err()
+	}
+	var ee *exec.ExitError
+	if errors.As(p.waitErr, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if p.waitErr != nil {
+		return -1, p.waitErr
+	}
+	return 0, nil
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Kill9 kills the process with SIGKILL and waits for it.
+func (p *Process) Kill9() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// Output is what the process wrote to stdout and stderr so far.
+func (p *Process) Output() string { return p.stderr.String() }
+
+// Mount mounts the export at addr with go-nfs-client as the given user.
+// Close the returned mount when done.
+func Mount(addr string, uid, gid uint32) (*nfsc.Target, func(), error) {
+	c, err := rpc.DialTCP("tcp", addr, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := &nfsc.Mount{Client: c}
+	target, err := m.Mount("/", rpc.NewAuthUnix("testclient", uid, gid).Auth())
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return target, func() { _ = m.Unmount(); target.Close(); c.Close() }, nil
+}
+
+// WriteFile writes data at off in WRITE requests of at most 64 KiB
+// (go-nfs-client otherwise sends the whole buffer in one request).
+func WriteFile(f *nfsc.File, data []byte) error {
+	const step = 64 << 10
+	for len(data) > 0 {
+		n := min(step, len(data))
+		if _, err := f.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
