@@ -3,7 +3,6 @@ package nfsfront
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -19,8 +18,8 @@ import (
 )
 
 // fsys is the billy.Filesystem that go-nfs sees for the procedures it still
-// serves (READ, WRITE, READDIR, READDIRPLUS, READLINK, ACCESS, FSSTAT,
-// FSINFO, PATHCONF, COMMIT). Every mutating namespace procedure is served by
+// serves (READ, WRITE, READDIR, READDIRPLUS, READLINK, FSSTAT, FSINFO,
+// PATHCONF, COMMIT). Every mutating namespace procedure is served by
 // our own handlers (procs.go), so the mutating billy methods here refuse.
 //
 // go-nfs is path based. Instead of real paths, FromHandle returns inode
@@ -80,7 +79,9 @@ func (f *fsys) opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.ctx, f.opTimeout)
 }
 
-// resolve returns the attributes of the object a go-nfs path names.
+// resolve returns the attributes of the object a go-nfs path names. It
+// starts from the last inode token and looks up each real name after it
+// (the namespace resolves "." and ".." and refuses invalid names).
 func (f *fsys) resolve(ctx context.Context, p string) (meta.Attr, error) {
 	parts := strings.Split(p, "/")
 	cur, start := meta.RootIno, 0
@@ -90,30 +91,22 @@ func (f *fsys) resolve(ctx context.Context, p string) (meta.Attr, error) {
 			break
 		}
 	}
-	attr, err := f.ns.GetAttr(ctx, cur)
-	if err != nil {
-		return meta.Attr{}, err
-	}
+	var attr meta.Attr
+	known := false
 	for _, name := range parts[start:] {
-		if name == "" || name == "." {
+		if name == "" {
 			continue
 		}
-		if strings.IndexByte(name, 0) >= 0 {
-			return meta.Attr{}, fmt.Errorf("name %q: %w", name, meta.ErrInvalid)
-		}
-		if attr.Type != meta.TypeDir {
-			return meta.Attr{}, fmt.Errorf("resolve %q: %w", name, meta.ErrNotDir)
-		}
-		if name == ".." {
-			attr, err = f.ns.GetAttr(ctx, attr.Parent)
-		} else {
-			attr, err = f.ns.Lookup(ctx, attr.Ino, name)
-		}
+		a, err := f.ns.Lookup(ctx, cur, name)
 		if err != nil {
 			return meta.Attr{}, err
 		}
+		attr, cur, known = a, a.Ino, true
 	}
-	return attr, nil
+	if known {
+		return attr, nil
+	}
+	return f.ns.GetAttr(ctx, cur)
 }
 
 func baseName(p string) string {

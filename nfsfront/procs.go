@@ -15,8 +15,9 @@ import (
 // Our own handlers for the NFSv3 procedures go-nfs v0.0.4 cannot serve
 // correctly: it does not pass the caller's credentials (new files must be
 // owned by the caller), reports ctime and atime as mtime, drops
-// setuid/setgid/sticky bits, refuses EXCLUSIVE create, decodes LINK
-// arguments wrongly and never sends NFS3ERR_NOTEMPTY.
+// setuid/setgid/sticky bits, grants every ACCESS, refuses EXCLUSIVE
+// create, decodes LINK arguments wrongly and never sends
+// NFS3ERR_NOTEMPTY.
 
 // procFunc serves one procedure: it decodes the arguments from d and
 // encodes the status and results into e. A decode error makes the reply
@@ -28,6 +29,7 @@ const (
 	procGetattr = 1
 	procSetattr = 2
 	procLookup  = 3
+	procAccess  = 4
 	procCreate  = 8
 	procMkdir   = 9
 	procSymlink = 10
@@ -41,6 +43,7 @@ var ownProcs = map[uint32]procFunc{
 	procGetattr: (*Server).getattr,
 	procSetattr: (*Server).setattr,
 	procLookup:  (*Server).lookup,
+	procAccess:  (*Server).access,
 	procCreate:  (*Server).create,
 	procMkdir:   (*Server).mkdir,
 	procSymlink: (*Server).symlink,
@@ -693,4 +696,48 @@ func (s *Server) link(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 	e.u32(uint32(statusOf(err)))
 	encodePostOp(e, obj, obj.Ino != 0)
 	w.encode(e)
+}
+
+// ACCESS3 permission bits (RFC 1813 3.3.4).
+const (
+	accessRead    = 0x01
+	accessLookup  = 0x02
+	accessModify  = 0x04
+	accessExtend  = 0x08
+	accessDelete  = 0x10
+	accessExecute = 0x20
+)
+
+// access answers which of the asked permissions the caller has, from the
+// mode bits and its AUTH_SYS credentials.
+func (s *Server) access(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
+	fh := d.opaque(maxFHSize)
+	want := d.u32()
+	if d.err != nil {
+		return
+	}
+	a, err := s.handler.attrOf(ctx, fh)
+	e.u32(uint32(statusOf(err)))
+	encodePostOp(e, a, err == nil)
+	if err != nil {
+		return
+	}
+	var granted uint32
+	if allowed(a, c, permRead) {
+		granted |= accessRead
+	}
+	if allowed(a, c, permWrite) {
+		granted |= accessModify | accessExtend
+		if a.Type == meta.TypeDir {
+			granted |= accessDelete
+		}
+	}
+	if allowed(a, c, permExec) {
+		if a.Type == meta.TypeDir {
+			granted |= accessLookup
+		} else {
+			granted |= accessExecute
+		}
+	}
+	e.u32(granted & want)
 }

@@ -189,12 +189,15 @@ func TestSIGTERMStopsCleanlyAndRestartServesSameFiles(t *testing.T) {
 // server acknowledged.
 func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 	data := t.TempDir()
+	t0 := time.Now()
 	p := startServing(t, data)
+	t.Logf("%v serving", time.Since(t0))
 	v, closeMount, err := testnode.Mount(p.Addr, 0, 0)
 	if err != nil {
 		p.Kill9()
 		t.Fatal(err)
 	}
+	t.Logf("%v mounted", time.Since(t0))
 	if _, err := v.Create("/log", 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -228,8 +231,10 @@ func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 		case <-time.After(10 * time.Millisecond): // poll interval
 		}
 	}
+	t.Logf("%v killing after %d acknowledged writes", time.Since(t0), acked.Load())
 	p.Kill9()
 	<-done
+	t.Logf("%v writer stopped", time.Since(t0))
 	closeMount()
 	n := int(acked.Load())
 
