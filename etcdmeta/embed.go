@@ -1,0 +1,365 @@
+package etcdmeta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3client"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Defaults for EmbedConfig.
+const (
+	// DefaultQuotaBytes is the backend quota of the embedded etcd (2 GiB,
+	// etcd's own default). Past it etcd raises a NOSPACE alarm and the
+	// Store returns meta.ErrNoSpace for writes.
+	DefaultQuotaBytes = 2 << 30
+	// DefaultName is the member name of the embedded etcd.
+	DefaultName = "wormhole"
+	// DefaultMaxTxnOps is the per-transaction operation limit the embedded
+	// etcd is started with (etcd's default of 128 is too small for a
+	// CommitWrite of many chunk references).
+	DefaultMaxTxnOps = 10000
+	// DefaultCompactionRetention is how much history auto-compaction keeps
+	// (periodic mode).
+	DefaultCompactionRetention = 5 * time.Minute
+
+	// maxUnixPath is the longest usable unix socket path on Linux
+	// (sun_path is 108 bytes including the terminating NUL).
+	maxUnixPath = 107
+)
+
+// EmbedConfig configures an embedded single-node etcd.
+type EmbedConfig struct {
+	// Dir holds everything the embedded etcd owns: a lock file, the data
+	// (Dir/data) and, by default, the client unix sockets. Required.
+	Dir string
+	// ClientURL is where etcd serves clients (etcdctl, other tools). The
+	// default, "unix://<Dir>/client.sock", cannot collide with another
+	// instance; if that path is too long for a unix socket, or ClientURL
+	// is ClientURLNone, etcd serves no clients over the network. Wormhole
+	// itself always talks to the server in process.
+	ClientURL string
+	// PeerURL is where etcd serves raft peers. The default,
+	// "http://127.0.0.1:0", takes a free loopback port: enough for a single
+	// node, which never dials itself. Set a real address to form clusters.
+	PeerURL string
+	// Name is the etcd member name (default DefaultName).
+	Name string
+	// QuotaBytes is the backend quota in bytes (default DefaultQuotaBytes).
+	QuotaBytes int64
+	// MaxTxnOps is the most operations per transaction (default
+	// DefaultMaxTxnOps).
+	MaxTxnOps uint
+	// CompactionRetention is how much key history is kept; older revisions
+	// are compacted periodically (default DefaultCompactionRetention).
+	CompactionRetention time.Duration
+	// UnsafeNoFsync skips fsync of etcd's log and database: a crash can
+	// lose acknowledged writes. For tests only.
+	UnsafeNoFsync bool
+}
+
+// ClientURLNone as EmbedConfig.ClientURL turns off etcd's client listener.
+const ClientURLNone = "none"
+
+func (c EmbedConfig) withDefaults() EmbedConfig {
+	if c.ClientURL == "" {
+		c.ClientURL = ClientURLNone
+		if p := filepath.Join(c.Dir, "client.sock"); len(p) <= maxUnixPath {
+			c.ClientURL = "unix://" + p
+		}
+	}
+	if c.PeerURL == "" {
+		c.PeerURL = "http://127.0.0.1:0"
+	}
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.QuotaBytes == 0 {
+		c.QuotaBytes = DefaultQuotaBytes
+	}
+	if c.MaxTxnOps == 0 {
+		c.MaxTxnOps = DefaultMaxTxnOps
+	}
+	if c.CompactionRetention == 0 {
+		c.CompactionRetention = DefaultCompactionRetention
+	}
+	return c
+}
+
+// Validate reports whether c (after defaults) can be started.
+func (c EmbedConfig) Validate() error {
+	if c.Dir == "" {
+		return errors.New("embedded etcd: Dir is required")
+	}
+	if !filepath.IsAbs(c.Dir) {
+		return fmt.Errorf("embedded etcd: Dir %q must be an absolute path", c.Dir)
+	}
+	c = c.withDefaults()
+	if c.QuotaBytes < 0 {
+		return fmt.Errorf("embedded etcd: QuotaBytes %d is negative", c.QuotaBytes)
+	}
+	if c.CompactionRetention < 0 {
+		return fmt.Errorf("embedded etcd: CompactionRetention %v is negative", c.CompactionRetention)
+	}
+	for _, s := range []string{c.ClientURL, c.PeerURL} {
+		if s == ClientURLNone && s == c.ClientURL {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			return fmt.Errorf("embedded etcd: bad URL %q: %w", s, err)
+		}
+		if (u.Scheme == "unix" || u.Scheme == "unixs") && len(u.Host+u.Path) > maxUnixPath {
+			return fmt.Errorf("embedded etcd: unix socket path %q is longer than %d bytes; use a shorter Dir or set ClientURL", u.Host+u.Path, maxUnixPath)
+		}
+	}
+	return nil
+}
+
+// Embedded is a running single-node etcd server with an in-process client.
+type Embedded struct {
+	etcd *embed.Etcd
+	cli  *clientv3.Client
+	lock *os.File
+	dir  string
+	log  zerolog.Logger
+	// closing is set when Close starts; etcd's complaints about its own
+	// listeners closing are then logged at debug level.
+	closing *atomic.Bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// StartEmbedded starts etcd with its data under cfg.Dir and waits, at most
+// until ctx is done, for it to serve. It takes an exclusive lock on the
+// directory, so a second instance on the same Dir fails at once with an error
+// naming it. etcd's own logs go to log at warning level and above. On any
+// error, everything already started is stopped again.
+func StartEmbedded(ctx context.Context, cfg EmbedConfig, log zerolog.Logger) (_ *Embedded, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+
+	dataDir := filepath.Join(cfg.Dir, "data")
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: create data dir %s: %w", dataDir, err)
+	}
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	e := &Embedded{lock: lock, dir: cfg.Dir, log: log, closing: new(atomic.Bool)}
+	defer func() {
+		if err != nil {
+			_ = e.Close()
+		}
+	}()
+
+	ecfg, err := etcdConfig(cfg, dataDir, log, e.closing)
+	if err != nil {
+		return nil, err
+	}
+	e.etcd, err = embed.StartEtcd(ecfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: start in %s: %w", cfg.Dir, err)
+	}
+	select {
+	case <-e.etcd.Server.ReadyNotify():
+	case err := <-e.etcd.Err():
+		return nil, fmt.Errorf("embedded etcd: serve in %s: %w", cfg.Dir, err)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("embedded etcd: waiting for %s to become ready: %w", cfg.Dir, ctx.Err())
+	}
+	e.cli = v3client.New(e.etcd.Server)
+	log.Debug().Str("dir", cfg.Dir).Str("client_url", cfg.ClientURL).Msg("embedded etcd ready")
+	return e, nil
+}
+
+func etcdConfig(cfg EmbedConfig, dataDir string, log zerolog.Logger, closing *atomic.Bool) (*embed.Config, error) {
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = dataDir
+	pu, err := url.Parse(cfg.PeerURL)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: peer URL %q: %w", cfg.PeerURL, err)
+	}
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = nil, nil
+	if cfg.ClientURL != ClientURLNone {
+		cu, err := url.Parse(cfg.ClientURL)
+		if err != nil {
+			return nil, fmt.Errorf("embedded etcd: client URL %q: %w", cfg.ClientURL, err)
+		}
+		ec.ListenClientUrls = []url.URL{*cu}
+		ec.AdvertiseClientUrls = []url.URL{*cu}
+		// A separate HTTP listener avoids serving HTTP and gRPC on one
+		// port (etcd warns about that); place it beside a unix socket.
+		if cu.Scheme == "unix" || cu.Scheme == "unixs" {
+			hu := *cu
+			hu.Path += ".http"
+			if len(hu.Host+hu.Path) <= maxUnixPath {
+				ec.ListenClientHttpUrls = []url.URL{hu}
+			}
+		}
+	}
+	ec.ListenPeerUrls = []url.URL{*pu}
+	ec.AdvertisePeerUrls = []url.URL{*pu}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.EnableGRPCGateway = false
+	ec.ListenMetricsUrls = nil
+	ec.Metrics = "basic"
+	ec.QuotaBackendBytes = cfg.QuotaBytes
+	ec.MaxTxnOps = cfg.MaxTxnOps
+	ec.AutoCompactionMode = embed.CompactorModePeriodic
+	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
+	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
+	ec.LogLevel = "warn"
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&zerologCore{log: log, level: zapcore.WarnLevel, closing: closing}))
+	return ec, nil
+}
+
+// lockDir takes an exclusive, non-blocking flock on dir/lock. etcd's bbolt
+// backend would otherwise block forever on a directory in use.
+func lockDir(dir string) (*os.File, error) {
+	p := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: open lock file in %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("embedded etcd: data dir %s is in use by another etcd (locked): %w", dir, err)
+		}
+		return nil, fmt.Errorf("embedded etcd: lock data dir %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Client returns the in-process client. It is valid until Close.
+func (e *Embedded) Client() *clientv3.Client { return e.cli }
+
+// Server returns the underlying etcd instance, for cluster management.
+func (e *Embedded) Server() *embed.Etcd { return e.etcd }
+
+// Defragment rewrites the backend database to return space freed by
+// compaction to the file system. It blocks writes while it runs. Use it
+// instead of Client().Defragment, which panics for the in-process client of
+// etcd v3.7 (its maintenance server has no health notifier).
+func (e *Embedded) Defragment() error {
+	if err := e.etcd.Server.Defragment(); err != nil {
+		return fmt.Errorf("defragment etcd in %s: %w", e.dir, err)
+	}
+	return nil
+}
+
+// Err returns a channel that reports a fatal server error.
+func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+
+// Close stops the client and the server, waits for them and releases the
+// data directory. It is idempotent.
+func (e *Embedded) Close() error {
+	e.closeOnce.Do(func() {
+		e.closing.Store(true)
+		var errs []error
+		if e.cli != nil {
+			if err := e.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+				errs = append(errs, fmt.Errorf("close etcd client: %w", err))
+			}
+		}
+		if e.etcd != nil {
+			e.etcd.Close()
+		}
+		if e.lock != nil {
+			if err := e.lock.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("release lock on %s: %w", e.dir, err))
+			}
+		}
+		e.closeErr = errors.Join(errs...)
+	})
+	return e.closeErr
+}
+
+// zerologCore is a zapcore.Core that writes to a zerolog.Logger, dropping
+// entries below level.
+type zerologCore struct {
+	log     zerolog.Logger
+	level   zapcore.Level
+	closing *atomic.Bool
+	fields  []zapcore.Field
+}
+
+// benign reports whether an etcd message is expected in Wormhole's setup
+// and belongs at debug level: the single node runs without auth, and Close
+// makes etcd complain about its own listeners and requests going away.
+func benign(msg string, closing bool) bool {
+	switch msg {
+	case "simple token is not cryptographically signed",
+		"Running http and grpc server on single port. This is not recommended for production.":
+		return true
+	case "setting up serving from embedded etcd failed.",
+		"failed to update cluster version",
+		"failed to publish local member to cluster through raft":
+		return closing
+	}
+	return false
+}
+
+func (c *zerologCore) Enabled(l zapcore.Level) bool { return l >= c.level }
+
+func (c *zerologCore) With(fields []zapcore.Field) zapcore.Core {
+	nc := *c
+	nc.fields = append(append([]zapcore.Field(nil), c.fields...), fields...)
+	return &nc
+}
+
+func (c *zerologCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(ent.Level) {
+		return ce.AddCore(ent, c)
+	}
+	return ce
+}
+
+func (c *zerologCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
+	var ev *zerolog.Event
+	switch {
+	case benign(ent.Message, c.closing.Load()):
+		ev = c.log.Debug()
+	case ent.Level >= zapcore.ErrorLevel:
+		ev = c.log.Error()
+	case ent.Level >= zapcore.WarnLevel:
+		ev = c.log.Warn()
+	case ent.Level >= zapcore.InfoLevel:
+		ev = c.log.Info()
+	default:
+		ev = c.log.Debug()
+	}
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fields {
+		f.AddTo(enc)
+	}
+	if ent.LoggerName != "" {
+		ev = ev.Str("logger", ent.LoggerName)
+	}
+	ev.Fields(enc.Fields).Msg(ent.Message)
+	return nil
+}
+
+func (c *zerologCore) Sync() error { return nil }
