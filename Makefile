@@ -20,11 +20,13 @@ check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Unit, protocol (go-nfs-client against a real node) and CLI tests.
 unit:
-	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /tests/)
+	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v /tests/e2e)
 
+# The Linux kernel NFS client in a qemu guest against the built binary.
 e2e: build
-	WH_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 60m -v ./tests/...
+	WH_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 60m -v ./tests/e2e
 
 fuzz:
 	$(GO) test ./nfsfront -run '^$$' -fuzz FuzzHandleDecode -fuzztime $(FUZZTIME)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -108,6 +109,13 @@ func (p *Process) Wait(ctx context.Context) (int, error) {
 		return -1, p.waitErr
 	}
 	return 0, nil
+}
+
+// Port is the TCP port the node serves NFS on.
+func (p *Process) Port() int {
+	_, port, _ := net.SplitHostPort(p.Addr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // Signal sends sig to the process.
