@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -236,5 +237,65 @@ func TestQuotaNoSpace(t *testing.T) {
 	}
 	if _, err := s.GetAttr(ctx, f.Ino); err != nil {
 		t.Fatalf("read over quota: %v", err)
+	}
+}
+
+// TestReadDirHundredThousand lists a directory of 100,000 entries page by
+// page: every name comes back exactly once, in byte order, and each page
+// is one range read that starts after the previous page's last key, so the
+// whole listing reads each entry once.
+func TestReadDirHundredThousand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("creates 100,000 entries")
+	}
+	s := newTestStore(t)
+	ctx := t.Context()
+	d, err := s.Create(ctx, meta.RootIno, "big", meta.CreateArgs{Type: meta.TypeDir, Mode: 0o755, Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total, workers = 100_000, 8
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < total; i += workers {
+				if _, err := s.Create(ctx, d.Ino, fmt.Sprintf("entry-%06d", i), meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644, Exclusive: true}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	const page = 1000
+	seen, pages, after := 0, 0, ""
+	for {
+		ents, err := s.ReadDir(ctx, d.Ino, after, page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, e := range ents {
+			if want := fmt.Sprintf("entry-%06d", seen); e.Name != want {
+				t.Fatalf("entry %d is %q, want %q", seen, e.Name, want)
+			}
+			seen++
+		}
+		if len(ents) < page {
+			break
+		}
+		after = ents[len(ents)-1].Name
+	}
+	if seen != total {
+		t.Fatalf("listed %d entries, want %d", seen, total)
+	}
+	if want := total/page + 1; pages != want {
+		t.Fatalf("listing took %d pages, want %d", pages, want)
 	}
 }

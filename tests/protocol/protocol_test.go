@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -314,5 +315,43 @@ func TestLargeDirectoryListsCompletely(t *testing.T) {
 	}
 	if len(seen) != count {
 		t.Fatalf("listed %d entries, want %d", len(seen), count)
+	}
+}
+
+// TestCorruptChunkIsIOError flips one bit in every chunk file of a file on
+// disk: reads must fail with NFS3ERR_IO, never return the damaged bytes.
+func TestCorruptChunkIsIOError(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, dir)
+	v := mount(t, n.addr, 0, 0)
+	data := randomBytes(7, 100<<10)
+	writeFile(t, v, "/victim", data)
+
+	chunks, err := filepath.Glob(filepath.Join(dir, "chunks", "*", "*"))
+	if err != nil || len(chunks) == 0 {
+		t.Fatalf("no chunk files found under %s (%v)", dir, err)
+	}
+	for _, p := range chunks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)-1] ^= 0x10 // the last data byte: header intact, checksum wrong
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := v.Open("/victim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := io.ReadAll(f)
+	var nerr *nfsc.Error
+	if !errors.As(err, &nerr) || nerr.ErrorNum != nfsc.NFS3ErrIO {
+		t.Fatalf("read of corrupt file: %d bytes, err %v; want NFS3ERR_IO", len(got), err)
+	}
+	if len(got) > 0 && !bytes.Equal(got, data[:len(got)]) {
+		t.Fatal("corrupt bytes were returned")
 	}
 }
