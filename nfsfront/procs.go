@@ -142,12 +142,13 @@ func (w wcc) encode(e *xdrEncoder) {
 	encodePostOp(e, w.post, w.hasPost)
 }
 
-// after records the post-operation attributes of ino.
-func (s *Server) after(ctx context.Context, w *wcc, ino meta.Ino) {
-	if ino == 0 {
+// after records the post-operation attributes of the object whose
+// pre-operation attributes w holds (nothing if it has none).
+func (s *Server) after(ctx context.Context, w *wcc) {
+	if !w.hasPre {
 		return
 	}
-	a, err := s.handler.fs.ns.GetAttr(ctx, ino)
+	a, err := s.handler.fs.ns.GetAttr(ctx, w.pre.Ino)
 	w.post, w.hasPost = a, err == nil
 }
 
@@ -265,13 +266,15 @@ func (c creds) inGroup(gid uint32) bool {
 	return false
 }
 
-// dirForChange returns a directory's attributes and checks that c may add
-// or remove names in it.
-func (s *Server) dirForChange(ctx context.Context, c creds, fh []byte) (meta.Attr, error) {
+// dirForChange returns a directory's attributes, recording them in w as
+// its pre-operation attributes, and checks that c may add or remove names
+// in it.
+func (s *Server) dirForChange(ctx context.Context, c creds, fh []byte, w *wcc) (meta.Attr, error) {
 	dir, err := s.handler.attrOf(ctx, fh)
 	if err != nil {
 		return dir, err
 	}
+	w.pre, w.hasPre = dir, true
 	if dir.Type != meta.TypeDir {
 		return dir, fmt.Errorf("inode %d: %w", dir.Ino, meta.ErrNotDir)
 	}
@@ -316,7 +319,7 @@ func (s *Server) setattr(ctx context.Context, c creds, d *xdrDecoder, e *xdrEnco
 	if err == nil {
 		w.pre, w.hasPre = a, true
 		err = s.applySattr(ctx, c, a, sa, guard)
-		s.after(ctx, &w, a.Ino)
+		s.after(ctx, &w)
 	}
 	e.u32(uint32(statusOf(err)))
 	w.encode(e)
@@ -441,11 +444,8 @@ func (s *Server) newObject(ctx context.Context, c creds, op diropargs, args meta
 
 func (s *Server) createIn(ctx context.Context, c creds, op diropargs, args meta.CreateArgs, sa sattr, verf []byte, w *wcc) (meta.Attr, error) {
 	ns := s.handler.fs.ns
-	dir, err := s.dirForChange(ctx, c, op.fh)
-	if dir.Ino != 0 {
-		w.pre, w.hasPre = dir, true
-		defer s.after(ctx, w, dir.Ino)
-	}
+	dir, err := s.dirForChange(ctx, c, op.fh, w)
+	defer s.after(ctx, w)
 	if err != nil {
 		return meta.Attr{}, err
 	}
@@ -569,11 +569,8 @@ func (s *Server) removeName(ctx context.Context, c creds, d *xdrDecoder, e *xdrE
 	}
 	var w wcc
 	err := func() error {
-		dir, err := s.dirForChange(ctx, c, op.fh)
-		if dir.Ino != 0 {
-			w.pre, w.hasPre = dir, true
-			defer s.after(ctx, &w, dir.Ino)
-		}
+		dir, err := s.dirForChange(ctx, c, op.fh, &w)
+		defer s.after(ctx, &w)
 		if err != nil {
 			return err
 		}
@@ -618,19 +615,13 @@ func (s *Server) rename(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 	var fw, tw wcc
 	err := func() error {
 		ns := s.handler.fs.ns
-		fdir, err := s.dirForChange(ctx, c, from.fh)
-		if fdir.Ino != 0 {
-			fw.pre, fw.hasPre = fdir, true
-			defer s.after(ctx, &fw, fdir.Ino)
-		}
+		fdir, err := s.dirForChange(ctx, c, from.fh, &fw)
+		defer s.after(ctx, &fw)
 		if err != nil {
 			return err
 		}
-		tdir, err := s.dirForChange(ctx, c, to.fh)
-		if tdir.Ino != 0 {
-			tw.pre, tw.hasPre = tdir, true
-			defer s.after(ctx, &tw, tdir.Ino)
-		}
+		tdir, err := s.dirForChange(ctx, c, to.fh, &tw)
+		defer s.after(ctx, &tw)
 		if err != nil {
 			return err
 		}
@@ -679,11 +670,8 @@ func (s *Server) link(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 		if obj.Type == meta.TypeDir {
 			return fmt.Errorf("link directory %d: %w", obj.Ino, meta.ErrIsDir)
 		}
-		dir, err := s.dirForChange(ctx, c, op.fh)
-		if dir.Ino != 0 {
-			w.pre, w.hasPre = dir, true
-			defer s.after(ctx, &w, dir.Ino)
-		}
+		dir, err := s.dirForChange(ctx, c, op.fh, &w)
+		defer s.after(ctx, &w)
 		if err != nil {
 			return err
 		}
