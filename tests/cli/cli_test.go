@@ -167,21 +167,30 @@ func TestSIGTERMStopsCleanlyAndRestartServesSameFiles(t *testing.T) {
 		t.Fatalf("after SIGTERM: exit %d, %v\n%s", code, err, p.Output())
 	}
 
-	p2 := startServing(t, data)
-	defer p2.Kill9()
-	v2, closeMount2, err := testnode.Mount(p2.Addr, 0, 0)
+	if got := readAfterRestart(t, data, "/hello"); string(got) != "hello, world" {
+		t.Fatalf("after restart: %q", got)
+	}
+}
+
+// readAfterRestart starts a node on data and reads a whole file from it.
+func readAfterRestart(t *testing.T, data, name string) []byte {
+	t.Helper()
+	p := startServing(t, data)
+	defer p.Kill9()
+	v, closeMount, err := testnode.Mount(p.Addr, 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeMount2()
-	rf, err := v2.Open("/hello")
+	defer closeMount()
+	f, err := v.Open(name)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("open %s after restart: %v", name, err)
 	}
-	got, err := io.ReadAll(rf)
-	if err != nil || string(got) != "hello, world" {
-		t.Fatalf("after restart: %q, %v", got, err)
+	got, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("read %s after restart: %v", name, err)
 	}
+	return got
 }
 
 // TestKill9LosesNoAcknowledgedWrite writes blocks with a pattern while the
@@ -238,21 +247,7 @@ func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 	closeMount()
 	n := int(acked.Load())
 
-	p2 := startServing(t, data)
-	defer p2.Kill9()
-	v2, closeMount2, err := testnode.Mount(p2.Addr, 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeMount2()
-	rf, err := v2.Open("/log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(rf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := readAfterRestart(t, data, "/log")
 	if len(got) < n*block {
 		t.Fatalf("file has %d bytes after kill -9, but %d blocks (%d bytes) were acknowledged", len(got), n, n*block)
 	}
