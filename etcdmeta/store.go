@@ -112,6 +112,42 @@ func (s *Store) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error) {
 	return a, nil
 }
 
+// GetAttrs returns the attributes of each of inos in order, a zero Attr
+// for a missing one. Each batch of up to getAttrsBatch inodes is one etcd
+// transaction of point reads: one round trip at one revision.
+func (s *Store) GetAttrs(ctx context.Context, inos []meta.Ino) ([]meta.Attr, error) {
+	out := make([]meta.Attr, 0, len(inos))
+	for len(inos) > 0 {
+		batch := inos[:min(len(inos), getAttrsBatch)]
+		inos = inos[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, ino := range batch {
+			ops[i] = clientv3.OpGet(s.keys.ino(ino))
+		}
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, etcdErr(fmt.Sprintf("getattrs of %d inodes", len(batch)), err)
+		}
+		for i, r := range resp.Responses {
+			kvs := r.GetResponseRange().GetKvs()
+			if len(kvs) == 0 {
+				out = append(out, meta.Attr{})
+				continue
+			}
+			a, err := decodeInode(batch[i], kvs[0].Value)
+			if err != nil {
+				return nil, fmt.Errorf("getattrs %d: %w", batch[i], err)
+			}
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// getAttrsBatch bounds one GetAttrs transaction, well under the smallest
+// max-txn-ops an external etcd is likely to run with (128).
+const getAttrsBatch = 100
+
 // Lookup resolves name in directory dir. Besides real names it resolves
 // "." to dir and ".." to dir's parent (the root is its own parent).
 func (s *Store) Lookup(ctx context.Context, dir meta.Ino, name string) (meta.Attr, error) {

@@ -123,6 +123,10 @@ type Store interface {
 	// GetAttr returns the attributes of ino, or ErrNotFound (ErrStale if
 	// the inode was removed).
 	GetAttr(ctx context.Context, ino Ino) (Attr, error)
+	// GetAttrs returns the attributes of each inode of inos, in order, in
+	// one round trip at one revision. A missing inode gives a zero Attr
+	// (Ino 0) in its place, not an error.
+	GetAttrs(ctx context.Context, inos []Ino) ([]Attr, error)
 	// Lookup resolves name in directory dir.
 	Lookup(ctx context.Context, dir Ino, name string) (Attr, error)
 	// Create makes a regular file, directory or symlink named name in dir.

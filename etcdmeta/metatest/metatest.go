@@ -32,6 +32,7 @@ func Run(t *testing.T, newStore NewStore) {
 	}{
 		{"Root", testRoot},
 		{"CreateLookup", testCreateLookup},
+		{"GetAttrs", testGetAttrs},
 		{"Names", testNames},
 		{"MkdirRmdir", testMkdirRmdir},
 		{"Symlink", testSymlink},
@@ -742,5 +743,39 @@ func testStatFS(t *testing.T, s meta.Store) {
 	must(s.Unlink(ctx, meta.RootIno, "a"))(t)
 	if got := must(s.StatFS(ctx))(t); got != 2 {
 		t.Fatalf("inodes = %d, want 2", got)
+	}
+}
+
+func testGetAttrs(t *testing.T, s meta.Store) {
+	ctx := ctxT(t)
+	var inos []meta.Ino
+	want := map[meta.Ino]string{}
+	for i := range 250 { // more than one batch
+		name := fmt.Sprintf("f%03d", i)
+		a := must(s.Create(ctx, meta.RootIno, name, file(0o600)))(t)
+		inos = append(inos, a.Ino)
+		want[a.Ino] = name
+	}
+	gone := must(s.Create(ctx, meta.RootIno, "gone", file(0o600)))(t)
+	must(s.Unlink(ctx, meta.RootIno, "gone"))(t)
+	inos = append(inos, gone.Ino)
+
+	got := must(s.GetAttrs(ctx, inos))(t)
+	if len(got) != len(inos) {
+		t.Fatalf("GetAttrs returned %d attrs for %d inodes", len(got), len(inos))
+	}
+	for i, a := range got[:len(got)-1] {
+		if a.Ino != inos[i] || a.Type != meta.TypeRegular || a.Mode != 0o600 {
+			t.Fatalf("attr %d = %+v, want inode %d (%s), a 0600 file", i, a, inos[i], want[inos[i]])
+		}
+		if one := must(s.GetAttr(ctx, inos[i]))(t); one != a {
+			t.Fatalf("GetAttrs and GetAttr disagree on %d: %+v vs %+v", inos[i], a, one)
+		}
+	}
+	if last := got[len(got)-1]; last.Ino != 0 {
+		t.Fatalf("removed inode %d gave %+v, want a zero Attr", gone.Ino, last)
+	}
+	if none := must(s.GetAttrs(ctx, nil))(t); len(none) != 0 {
+		t.Fatalf("GetAttrs(nil) = %v", none)
 	}
 }
