@@ -1,0 +1,355 @@
+package peer
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/zeebo/blake3"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+)
+
+// Protocol constants; see the package documentation.
+const (
+	// SumHeader carries the hex BLAKE3-256 sum of a chunk's data.
+	SumHeader = "X-Wormhole-Sum"
+	// pathPrefix starts the path of every chunk resource.
+	pathPrefix = "/v1/chunks/"
+)
+
+// DefaultMaxChunk is the default largest chunk a Server accepts and a
+// Client fetches: chunker.MaxChunkSize (which this package does not import;
+// a test keeps the two equal).
+const DefaultMaxChunk = 64 << 20
+
+// Store is the chunk store a Server exposes: chunker.LocalStore satisfies
+// it. Methods must be safe for concurrent use; see chunker.Blobs for their
+// contracts.
+type Store interface {
+	// Put stores data as chunk id durably and returns its checksum.
+	Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error)
+	// Get returns the verified data of chunk id.
+	Get(ctx context.Context, id chunk.ID) ([]byte, error)
+	// Delete removes chunk id; a missing chunk is not an error.
+	Delete(ctx context.Context, id chunk.ID) error
+}
+
+// hasStore is implemented by stores that can tell whether they hold a
+// good copy of a chunk without returning it. Stores without it answer HEAD
+// by reading (and so verifying) the chunk.
+type hasStore interface {
+	Has(ctx context.Context, id chunk.ID) (bool, error)
+}
+
+// ServerOptions tunes a Server. Zero values select the defaults.
+type ServerOptions struct {
+	// MaxChunk is the largest chunk accepted, in bytes; larger PUTs get
+	// 413 before their body is read. Default DefaultMaxChunk.
+	MaxChunk int64
+	// MaxConcurrent bounds the requests served at once; more wait for a
+	// slot (while their context lasts). Memory held by chunk data is at
+	// most about MaxConcurrent*MaxChunk. Default 16.
+	MaxConcurrent int
+	// ReadHeaderTimeout bounds reading a request's headers. Default 10s.
+	ReadHeaderTimeout time.Duration
+	// RequestTimeout bounds reading a whole request and writing its
+	// response. Default 2 minutes.
+	RequestTimeout time.Duration
+	// IdleTimeout closes connections idle that long. Default 2 minutes.
+	IdleTimeout time.Duration
+	// ShutdownTimeout bounds how long Serve waits for requests in flight
+	// once its context is done; then it closes the remaining connections.
+	// Default 30s.
+	ShutdownTimeout time.Duration
+}
+
+func (o ServerOptions) withDefaults() ServerOptions {
+	if o.MaxChunk <= 0 {
+		o.MaxChunk = DefaultMaxChunk
+	}
+	if o.MaxConcurrent <= 0 {
+		o.MaxConcurrent = 16
+	}
+	if o.ReadHeaderTimeout <= 0 {
+		o.ReadHeaderTimeout = 10 * time.Second
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 2 * time.Minute
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 2 * time.Minute
+	}
+	if o.ShutdownTimeout <= 0 {
+		o.ShutdownTimeout = 30 * time.Second
+	}
+	return o
+}
+
+// Server exposes a chunk store to peers over HTTPS; see the package
+// documentation for the protocol. It is an http.Handler; Serve runs it on
+// a listener. A Server is safe for concurrent use and may serve several
+// listeners.
+type Server struct {
+	store Store
+	log   zerolog.Logger
+	opts  ServerOptions
+	slots chan struct{} // one token per request being served
+
+	// onShutdown, when set (by tests), runs once Serve has begun its
+	// graceful shutdown and closed the listener.
+	onShutdown func()
+}
+
+// NewServer returns a Server over store. It starts nothing.
+func NewServer(store Store, log zerolog.Logger, opts ServerOptions) *Server {
+	opts = opts.withDefaults()
+	return &Server{
+		store: store,
+		log:   log.With().Str("component", "peer-server").Logger(),
+		opts:  opts,
+		slots: make(chan struct{}, opts.MaxConcurrent),
+	}
+}
+
+// Serve serves peers on l over TLS with tlsConf, which must hold the
+// node's certificate; to authenticate peers it should require and verify
+// client certificates (tls.RequireAndVerifyClientCert), and Serve logs a
+// warning when it does not. Serve blocks until ctx is done, then stops
+// accepting connections, waits up to ShutdownTimeout for requests in
+// flight to finish (their own contexts are not cancelled) and returns nil;
+// it returns an error if l fails first or requests had to be cut off. It
+// closes l.
+func (s *Server) Serve(ctx context.Context, l net.Listener, tlsConf *tls.Config) error {
+	if tlsConf == nil {
+		_ = l.Close()
+		return errors.New("peer server: no TLS configuration")
+	}
+	conf := tlsConf.Clone()
+	if conf.ClientAuth != tls.RequireAndVerifyClientCert {
+		s.log.Warn().Str("client_auth", conf.ClientAuth.String()).
+			Msg("peer server does not require verified client certificates; peers are not authenticated")
+	}
+	hs := &http.Server{
+		Handler:           s,
+		TLSConfig:         conf,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		ReadTimeout:       s.opts.RequestTimeout,
+		WriteTimeout:      s.opts.RequestTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          stdlog.New(logWriter{s.log}, "", 0),
+	}
+	if s.onShutdown != nil {
+		hs.RegisterOnShutdown(s.onShutdown)
+	}
+	addr := l.Addr().String()
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(l, "", "") }()
+	s.log.Info().Str("addr", addr).Msg("peer server listening")
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("peer server on %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	if err != nil {
+		err = fmt.Errorf("peer server on %s: shutdown: %w", addr, errors.Join(err, hs.Close()))
+	}
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, fmt.Errorf("peer server on %s: %w", addr, serr))
+	}
+	s.log.Info().Str("addr", addr).Err(err).Msg("peer server stopped")
+	return err
+}
+
+// logWriter turns net/http's log lines (TLS handshake failures, panics)
+// into warnings.
+type logWriter struct{ log zerolog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Warn().Str("source", "net/http").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// ServeHTTP serves one request of the peer protocol.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rest, ok := strings.CutPrefix(r.URL.Path, pathPrefix)
+	if !ok {
+		s.fail(w, r, "", chunk.ID{}, fmt.Errorf("%w: unknown path %q", ErrBadRequest, r.URL.Path))
+		return
+	}
+	id, err := chunk.ParseID(rest)
+	if err != nil {
+		s.fail(w, r, "", id, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return
+	}
+	op := ""
+	switch r.Method {
+	case http.MethodPut:
+		op = "put"
+	case http.MethodGet:
+		op = "get"
+	case http.MethodHead:
+		op = "has"
+	case http.MethodDelete:
+		op = "delete"
+	default:
+		w.Header().Set("Allow", "PUT, GET, HEAD, DELETE")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	ctx := r.Context()
+	if op == "put" && r.ContentLength > s.opts.MaxChunk {
+		// Refuse before reading the body (or sending 100 Continue).
+		s.fail(w, r, op, id, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, r.ContentLength, s.opts.MaxChunk))
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-ctx.Done():
+		s.fail(w, r, op, id, fmt.Errorf("wait for a request slot: %w", ctx.Err()))
+		return
+	}
+	switch op {
+	case "put":
+		err = s.put(ctx, w, r, id)
+	case "get":
+		err = s.get(ctx, w, r, id)
+	case "has":
+		err = s.has(ctx, w, id)
+	case "delete":
+		err = s.store.Delete(ctx, id)
+		if err == nil {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}
+	if err != nil {
+		s.fail(w, r, op, id, err)
+	}
+}
+
+// put serves PUT: read the body within the limit, check its sum, store it.
+func (s *Server) put(ctx context.Context, w http.ResponseWriter, r *http.Request, id chunk.ID) error {
+	want, err := parseSum(r.Header.Get(SumHeader))
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	body := http.MaxBytesReader(w, r.Body, s.opts.MaxChunk)
+	var data []byte
+	if r.ContentLength >= 0 {
+		data = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, data)
+	} else {
+		data, err = io.ReadAll(body)
+	}
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return fmt.Errorf("%w: body exceeds %d bytes", ErrTooLarge, s.opts.MaxChunk)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read body: %w", ErrBadRequest, err)
+	}
+	if got := chunk.Sum(blake3.Sum256(data)); got != want {
+		return fmt.Errorf("%w: %d bytes have sum %x, sender said %x", ErrSumMismatch, len(data), got, want)
+	}
+	stored, err := s.store.Put(ctx, id, data)
+	if err != nil {
+		return err
+	}
+	if stored != want {
+		// The store hashed different bytes than we did: a bug or bad
+		// memory, not the sender's fault.
+		return fmt.Errorf("store returned sum %x for data with sum %x", stored, want)
+	}
+	w.Header().Set(SumHeader, hex.EncodeToString(stored[:]))
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// get serves GET: the verified data and its sum.
+func (s *Server) get(ctx context.Context, w http.ResponseWriter, r *http.Request, id chunk.ID) error {
+	data, err := s.store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	sum := blake3.Sum256(data)
+	h := w.Header()
+	h.Set(SumHeader, hex.EncodeToString(sum[:]))
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	if _, err := w.Write(data); err != nil {
+		// The status is sent; the client sees a short body.
+		s.log.Debug().Err(err).Str("peer", r.RemoteAddr).Str("chunk", id.String()).Msg("send chunk")
+	}
+	return nil
+}
+
+// has serves HEAD: 200 if the store holds a good copy.
+func (s *Server) has(ctx context.Context, w http.ResponseWriter, id chunk.ID) error {
+	if hs, ok := s.store.(hasStore); ok {
+		found, err := hs.Has(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("chunk %s: %w", id, chunk.ErrNotFound)
+		}
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	data, err := s.store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	sum := blake3.Sum256(data)
+	w.Header().Set(SumHeader, hex.EncodeToString(sum[:]))
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// fail answers a failed request with the status statusOf chooses and logs
+// it: server-side failures and corrupt copies loudly, the rest at debug.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, op string, id chunk.ID, err error) {
+	status := statusOf(err)
+	var ev *zerolog.Event
+	switch {
+	case status >= 500 && status != http.StatusServiceUnavailable:
+		ev = s.log.Error()
+	case status == http.StatusConflict || status == http.StatusUnprocessableEntity:
+		ev = s.log.Warn()
+	default:
+		ev = s.log.Debug()
+	}
+	ev.Err(err).Str("peer", r.RemoteAddr).Str("op", op).Str("chunk", id.String()).Int("status", status).Msg("peer request failed")
+	http.Error(w, err.Error(), status)
+}
+
+// parseSum parses the hex sum of SumHeader.
+func parseSum(s string) (chunk.Sum, error) {
+	var sum chunk.Sum
+	if s == "" {
+		return sum, fmt.Errorf("missing %s header", SumHeader)
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != chunk.SumSize {
+		return sum, fmt.Errorf("malformed %s header %q", SumHeader, s)
+	}
+	copy(sum[:], b)
+	return sum, nil
+}
