@@ -28,7 +28,7 @@ import (
 type Node struct {
 	cfg     Config
 	log     zerolog.Logger
-	lis     net.Listener
+	lis     *nfsfront.Listeners
 	etcd    *etcdmeta.Embedded
 	store   *chunker.LocalStore
 	nfs     *nfsfront.Server
@@ -60,9 +60,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	if err != nil {
 		return nil, err
 	}
-	// Bind the NFS port before starting anything heavy: a taken port is
-	// the most common start failure.
-	n.lis, err = nfsfront.Listen(cfg.NFS.Addr)
+	// Bind the NFS port (TCP and UDP) and the portmapper before starting
+	// anything heavy: a taken port is the most common start failure.
+	n.lis, err = nfsfront.Listen(cfg.NFS.Addr, cfg.NFS.PortmapAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +111,9 @@ type dataPath struct {
 
 // NFSAddr is the address the NFS front listens on.
 func (n *Node) NFSAddr() net.Addr { return n.lis.Addr() }
+
+// PortmapAddr is the portmapper's address, or nil when it is disabled.
+func (n *Node) PortmapAddr() net.Addr { return n.lis.PortmapAddr() }
 
 // Serve serves NFS until ctx ends.
 func (n *Node) Serve(ctx context.Context) error {

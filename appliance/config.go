@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"time"
 
@@ -20,7 +21,7 @@ import (
 // Config is the one configuration file of a node. Unknown keys are errors.
 type Config struct {
 	// ClusterID names the namespace in etcd (keys live under /wh/<id>/).
-	ClusterID string `koanf:"cluster_id" validate:"required,max=64,excludesall=/ "`
+	ClusterID string `koanf:"cluster_id" validate:"required,max=64,clusterid"`
 	// DataDir holds the embedded etcd, the chunk store and node secrets.
 	DataDir string      `koanf:"data_dir" validate:"required"`
 	NFS     NFSConfig   `koanf:"nfs"`
@@ -31,10 +32,16 @@ type Config struct {
 
 // NFSConfig configures the NFS front.
 type NFSConfig struct {
-	// Addr is the TCP address NFS and MOUNT listen on.
+	// Addr is the address NFS (TCP), MOUNT and the portmapper (TCP and UDP)
+	// listen on.
 	Addr string `koanf:"addr" validate:"required,hostname_port"`
 	// OpTimeout bounds the work done for one request.
 	OpTimeout time.Duration `koanf:"op_timeout" validate:"min=100ms"`
+	// PortmapAddr is where the portmapper (program 100000, versions 2-4)
+	// listens on TCP and UDP, so a plain `mount -t nfs node:/ /mnt` finds
+	// NFS and MOUNT. Empty disables it (portmapper calls are still answered
+	// on the NFS port); the appliance image sets 0.0.0.0:111.
+	PortmapAddr string `koanf:"portmap_addr" validate:"omitempty,hostname_port"`
 }
 
 // ChunkConfig configures how file bytes are split and stored.
@@ -137,16 +144,28 @@ func (c Config) Validate() error {
 	msgs := make([]string, 0, len(verrs))
 	for _, fe := range verrs {
 		key := keyOf(fe.Namespace())
-		msgs = append(msgs, fmt.Sprintf("%s = %v: must satisfy %s%s", key, fe.Value(), fe.Tag(), paramOf(fe.Param())))
+		msgs = append(msgs, fmt.Sprintf("%s = %q: %s", key, fmt.Sprint(fe.Value()), rule(fe)))
 	}
 	return fmt.Errorf("invalid configuration: %s", strings.Join(msgs, "; "))
 }
 
-func paramOf(p string) string {
-	if p == "" {
-		return ""
+// rule says in words what a failed validation tag asks for.
+func rule(fe validator.FieldError) string {
+	switch fe.Tag() {
+	case "required":
+		return "must be set"
+	case "hostname_port":
+		return "must be HOST:PORT with a port from 1 to 65535"
+	case "clusterid":
+		return "must use letters, digits, '.', '_' and '-' only"
+	case "min":
+		return "must be at least " + fe.Param()
+	case "max":
+		return "must be at most " + fe.Param()
+	case "oneof":
+		return "must be one of: " + fe.Param()
 	}
-	return " " + p
+	return "must satisfy " + fe.Tag() + " " + fe.Param()
 }
 
 // keyOf turns a validator namespace (Config.nfs.addr) into the file key
@@ -156,9 +175,16 @@ func keyOf(ns string) string {
 	return key
 }
 
+var clusterIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+
 // newValidator reports fields by their config file key.
 func newValidator() *validator.Validate {
 	v := validator.New(validator.WithRequiredStructEnabled())
+	// A cluster id becomes an etcd key prefix and the host of certificate
+	// URIs: letters, digits, '.', '_' and '-' only.
+	_ = v.RegisterValidation("clusterid", func(fl validator.FieldLevel) bool {
+		return clusterIDPattern.MatchString(fl.Field().String())
+	})
 	v.RegisterTagNameFunc(func(f reflect.StructField) string {
 		name, _, _ := strings.Cut(f.Tag.Get("koanf"), ",")
 		return name

@@ -52,6 +52,8 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EPERM
 	case errors.Is(err, errAccess):
 		return syscall.EACCES
+	case errors.Is(err, errFileTooBig):
+		return syscall.EFBIG
 	case errors.Is(err, errNotSupported):
 		return syscall.ENOTSUP
 	case errors.Is(err, context.DeadlineExceeded):
@@ -67,6 +69,7 @@ var (
 	errAccess       = errors.New("permission denied")
 	errNotSupported = errors.New("operation not supported")
 	errBadHandle    = errors.New("bad file handle")
+	errFileTooBig   = errors.New("file too large")
 )
 
 // toPathError returns err in the form go-nfs understands: a *fs.PathError
@@ -86,6 +89,10 @@ func statusOf(err error) nfs.NFSStatus {
 		return nfs.NFSStatusBadHandle
 	case errors.Is(err, errNotSync):
 		return nfs.NFSStatusNotSync
+	case errors.Is(err, errBadCookie):
+		return nfs.NFSStatusBadCookie
+	case errors.Is(err, errTooSmall):
+		return nfs.NFSStatusTooSmall
 	}
 	switch errnoOf(err) {
 	case 0:
@@ -126,4 +133,56 @@ func statusOf(err error) nfs.NFSStatus {
 		return nfs.NFSStatusNotSupp
 	}
 	return nfs.NFSStatusIO
+}
+
+// MOUNT v3 status codes (RFC 1813 section 5.1.5, mountstat3).
+const (
+	mnt3OK             = 0
+	mnt3ErrPerm        = 1
+	mnt3ErrNoEnt       = 2
+	mnt3ErrIO          = 5
+	mnt3ErrAccess      = 13
+	mnt3ErrNotDir      = 20
+	mnt3ErrInval       = 22
+	mnt3ErrNameTooLong = 63
+	mnt3ErrNotSupp     = 10004
+	mnt3ErrServerFault = 10006
+)
+
+// mountStatusOf maps an error to the mountstat3 of a MNT reply.
+func mountStatusOf(err error) uint32 {
+	switch errnoOf(err) {
+	case 0:
+		return mnt3OK
+	case syscall.EPERM:
+		return mnt3ErrPerm
+	case syscall.ENOENT:
+		return mnt3ErrNoEnt
+	case syscall.EACCES:
+		return mnt3ErrAccess
+	case syscall.ENOTDIR:
+		return mnt3ErrNotDir
+	case syscall.EINVAL:
+		return mnt3ErrInval
+	case syscall.ENAMETOOLONG:
+		return mnt3ErrNameTooLong
+	case syscall.ENOTSUP:
+		return mnt3ErrNotSupp
+	case syscall.EIO:
+		return mnt3ErrIO
+	}
+	return mnt3ErrServerFault
+}
+
+// rejectionOf returns the MSG_DENIED reply for a call that parseCall
+// refused, or nil when the record gets no reply at all (not a call, or
+// too short to hold a call header).
+func rejectionOf(xid uint32, err error) []byte {
+	switch {
+	case errors.Is(err, errRPCVersion):
+		return rpcMismatchReply(xid)
+	case errors.Is(err, errBadCred):
+		return authErrorReply(xid, authBadCred)
+	}
+	return nil
 }

@@ -34,6 +34,9 @@ func TestErrorMapping(t *testing.T) {
 		{errReadOnly, syscall.EROFS, nfs.NFSStatusROFS},
 		{errBadHandle, syscall.EIO, nfs.NFSStatusBadHandle},
 		{errNotSync, syscall.EIO, nfs.NFSStatusNotSync},
+		{errFileTooBig, syscall.EFBIG, nfs.NFSStatusFBig},
+		{errBadCookie, syscall.EIO, nfs.NFSStatusBadCookie},
+		{errTooSmall, syscall.EIO, nfs.NFSStatusTooSmall},
 		{fmt.Errorf("surprise"), syscall.EIO, nfs.NFSStatusIO},
 	}
 	for _, c := range cases {

@@ -2,13 +2,10 @@ package nfsfront
 
 import (
 	"context"
-	"errors"
-	"io"
 	"io/fs"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	billy "github.com/go-git/go-billy/v5"
@@ -18,9 +15,8 @@ import (
 )
 
 // fsys is the billy.Filesystem that go-nfs sees for the procedures it still
-// serves (READ, WRITE, READDIR, READDIRPLUS, READLINK, FSSTAT, FSINFO,
-// PATHCONF, COMMIT). Every mutating namespace procedure is served by
-// our own handlers (procs.go), so the mutating billy methods here refuse.
+// serves (READLINK, FSSTAT, PATHCONF, COMMIT). Every other procedure is
+// served by our own handlers, so the billy methods for them here refuse.
 //
 // go-nfs is path based. Instead of real paths, FromHandle returns inode
 // tokens: path components that start with a NUL byte and carry a per-process
@@ -134,55 +130,17 @@ func (f *fsys) Lstat(p string) (os.FileInfo, error) {
 	return newFileInfo(baseName(p), a), nil
 }
 
-// Open opens p for reading.
+// Open refuses: READ and WRITE are served by our own handlers (data.go).
 func (f *fsys) Open(p string) (billy.File, error) { return f.OpenFile(p, os.O_RDONLY, 0) }
 
-// OpenFile opens an existing regular file. Creation goes through our own
-// CREATE handler, never through here.
-func (f *fsys) OpenFile(p string, flag int, _ os.FileMode) (billy.File, error) {
-	if flag&(os.O_CREATE|os.O_TRUNC) != 0 {
-		return nil, toPathError("open", p, errNotSupported)
-	}
-	ctx, cancel := f.opCtx()
-	defer cancel()
-	a, err := f.resolve(ctx, p)
-	if err != nil {
-		return nil, toPathError("open", p, err)
-	}
-	if a.Type != meta.TypeRegular {
-		return nil, toPathError("open", p, meta.ErrIsDir)
-	}
-	return &openFile{fs: f, name: p, attr: a}, nil
+// OpenFile refuses; see Open.
+func (f *fsys) OpenFile(p string, _ int, _ os.FileMode) (billy.File, error) {
+	return nil, toPathError("open", p, errNotSupported)
 }
 
-// ReadDir lists a whole directory, paging through the namespace. Attributes
-// of the entries load lazily, so a READDIR page costs only its own entries.
+// ReadDir refuses: READDIR and READDIRPLUS are ours (readdir.go).
 func (f *fsys) ReadDir(p string) ([]os.FileInfo, error) {
-	ctx, cancel := f.opCtx()
-	defer cancel()
-	dir, err := f.resolve(ctx, p)
-	if err != nil {
-		return nil, toPathError("readdir", p, err)
-	}
-	if dir.Type != meta.TypeDir {
-		return nil, toPathError("readdir", p, meta.ErrNotDir)
-	}
-	const page = 1000
-	var out []os.FileInfo
-	after := ""
-	for {
-		ents, err := f.ns.ReadDir(ctx, dir.Ino, after, page)
-		if err != nil {
-			return nil, toPathError("readdir", p, err)
-		}
-		for _, e := range ents {
-			out = append(out, &lazyInfo{fs: f, ent: e})
-		}
-		if len(ents) < page {
-			return out, nil
-		}
-		after = ents[len(ents)-1].Name
-	}
+	return nil, toPathError("readdir", p, errNotSupported)
 }
 
 // Readlink returns a symlink's target.
@@ -240,78 +198,6 @@ func (f *fsys) Chroot(p string) (billy.Filesystem, error) {
 // Root is the namespace root.
 func (f *fsys) Root() string { return "/" }
 
-// openFile is a regular file opened by go-nfs for one READ or WRITE.
-type openFile struct {
-	fs   *fsys
-	name string
-	attr meta.Attr
-	off  int64
-}
-
-var _ billy.File = (*openFile)(nil)
-
-func (o *openFile) Name() string { return o.name }
-
-func (o *openFile) ReadAt(p []byte, off int64) (int, error) {
-	ctx, cancel := o.fs.opCtx()
-	defer cancel()
-	n, err := o.fs.data.ReadAt(ctx, o.attr.Ino, o.attr.Size, p, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return n, toPathError("read", o.name, err)
-	}
-	return n, err
-}
-
-func (o *openFile) Read(p []byte) (int, error) {
-	n, err := o.ReadAt(p, o.off)
-	o.off += int64(n)
-	return n, err
-}
-
-func (o *openFile) Write(p []byte) (int, error) {
-	ctx, cancel := o.fs.opCtx()
-	defer cancel()
-	a, err := o.fs.data.WriteAt(ctx, o.attr.Ino, p, o.off)
-	if err != nil {
-		return 0, toPathError("write", o.name, err)
-	}
-	o.attr = a
-	o.off += int64(len(p))
-	return len(p), nil
-}
-
-func (o *openFile) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += o.off
-	case io.SeekEnd:
-		offset += int64(o.attr.Size)
-	default:
-		return o.off, toPathError("seek", o.name, meta.ErrInvalid)
-	}
-	if offset < 0 {
-		return o.off, toPathError("seek", o.name, meta.ErrInvalid)
-	}
-	o.off = offset
-	return offset, nil
-}
-
-func (o *openFile) Truncate(size int64) error {
-	ctx, cancel := o.fs.opCtx()
-	defer cancel()
-	a, err := o.fs.data.Truncate(ctx, o.attr.Ino, o.attr.Size, uint64(size))
-	if err != nil {
-		return toPathError("truncate", o.name, err)
-	}
-	o.attr = a
-	return nil
-}
-
-func (o *openFile) Close() error  { return nil }
-func (o *openFile) Lock() error   { return nil }
-func (o *openFile) Unlock() error { return nil }
-
 // fileInfo presents meta.Attr as an os.FileInfo whose Sys is the
 // *file.FileInfo go-nfs reads the inode number, link count and owner from.
 type fileInfo struct {
@@ -350,32 +236,3 @@ func goMode(a meta.Attr) fs.FileMode {
 	}
 	return m
 }
-
-// lazyInfo is a directory entry whose attributes are read on first use.
-type lazyInfo struct {
-	fs   *fsys
-	ent  meta.Entry
-	once sync.Once
-	info *fileInfo
-}
-
-func (l *lazyInfo) load() *fileInfo {
-	l.once.Do(func() {
-		ctx, cancel := l.fs.opCtx()
-		defer cancel()
-		a, err := l.fs.ns.GetAttr(ctx, l.ent.Ino)
-		if err != nil {
-			// Removed since the listing: show what the entry knows.
-			a = meta.Attr{Ino: l.ent.Ino, Type: l.ent.Type, Nlink: 1}
-		}
-		l.info = newFileInfo(l.ent.Name, a)
-	})
-	return l.info
-}
-
-func (l *lazyInfo) Name() string       { return l.ent.Name }
-func (l *lazyInfo) IsDir() bool        { return l.ent.Type == meta.TypeDir }
-func (l *lazyInfo) Size() int64        { return l.load().Size() }
-func (l *lazyInfo) Mode() fs.FileMode  { return l.load().Mode() }
-func (l *lazyInfo) ModTime() time.Time { return l.load().ModTime() }
-func (l *lazyInfo) Sys() any           { return l.load().Sys() }

@@ -3,10 +3,8 @@ package nfsfront
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"math"
 	"net"
-	"sync"
 
 	billy "github.com/go-git/go-billy/v5"
 	"github.com/rs/zerolog"
@@ -23,27 +21,13 @@ type handler struct {
 	codec  *handleCodec
 	log    zerolog.Logger
 	export uint8
-
-	mu       sync.Mutex
-	listings map[uint64]cachedListing // READDIR cookie verifier -> listing
-	order    []uint64                 // verifiers, oldest first
-	nextVerf uint64
 }
 
-// maxListings bounds the READDIR listing cache.
-const maxListings = 64
+var _ nfs.Handler = (*handler)(nil)
 
-type cachedListing struct {
-	path    string
-	entries []fs.FileInfo
-}
-
-var (
-	_ nfs.Handler        = (*handler)(nil)
-	_ nfs.CachingHandler = (*handler)(nil)
-)
-
-// Mount answers the MOUNT call: the one export is the namespace root.
+// Mount is never reached: MOUNT is served by mount.go and no MOUNT call is
+// forwarded to go-nfs. It stays for go-nfs's Handler interface, with the
+// same answer: the one export is the namespace root.
 func (h *handler) Mount(_ context.Context, _ net.Conn, req nfs.MountRequest) (nfs.MountStatus, billy.Filesystem, []nfs.AuthFlavor) {
 	if p := string(req.Dirpath); p != "/" && p != "" {
 		h.log.Info().Str("path", p).Msg("mount refused: only / is exported")
@@ -127,36 +111,5 @@ func (h *handler) handleOf(a meta.Attr) []byte {
 // InvalidateHandle is a no-op: handles are stateless.
 func (h *handler) InvalidateHandle(billy.Filesystem, []byte) error { return nil }
 
-// HandleLimit bounds how many entries go-nfs puts in one READDIR reply
-// (it uses half of it); byte limits from the client apply first.
+// HandleLimit is go-nfs's READDIR entry bound; READDIR is ours.
 func (h *handler) HandleLimit() int { return math.MaxInt32 }
-
-// VerifierFor caches a directory listing so READDIR pages after the first
-// come from it instead of listing the directory again.
-func (h *handler) VerifierFor(path string, contents []fs.FileInfo) uint64 {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.nextVerf++
-	v := h.nextVerf
-	if h.listings == nil {
-		h.listings = make(map[uint64]cachedListing)
-	}
-	h.listings[v] = cachedListing{path: path, entries: contents}
-	h.order = append(h.order, v)
-	for len(h.order) > maxListings {
-		delete(h.listings, h.order[0])
-		h.order = h.order[1:]
-	}
-	return v
-}
-
-// DataForVerifier returns a cached listing, or nil to make go-nfs list again.
-func (h *handler) DataForVerifier(path string, verifier uint64) []fs.FileInfo {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	l, ok := h.listings[verifier]
-	if !ok || l.path != path {
-		return nil
-	}
-	return l.entries
-}

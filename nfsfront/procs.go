@@ -26,31 +26,41 @@ type procFunc func(s *Server, ctx context.Context, c creds, d *xdrDecoder, e *xd
 
 // NFSv3 procedure numbers (RFC 1813).
 const (
-	procGetattr = 1
-	procSetattr = 2
-	procLookup  = 3
-	procAccess  = 4
-	procCreate  = 8
-	procMkdir   = 9
-	procSymlink = 10
-	procRemove  = 12
-	procRmdir   = 13
-	procRename  = 14
-	procLink    = 15
+	procGetattr     = 1
+	procSetattr     = 2
+	procLookup      = 3
+	procAccess      = 4
+	procRead        = 6
+	procWrite       = 7
+	procCreate      = 8
+	procMkdir       = 9
+	procSymlink     = 10
+	procRemove      = 12
+	procRmdir       = 13
+	procRename      = 14
+	procLink        = 15
+	procReadDir     = 16
+	procReadDirPlus = 17
+	procFSInfo      = 19
 )
 
 var ownProcs = map[uint32]procFunc{
-	procGetattr: (*Server).getattr,
-	procSetattr: (*Server).setattr,
-	procLookup:  (*Server).lookup,
-	procAccess:  (*Server).access,
-	procCreate:  (*Server).create,
-	procMkdir:   (*Server).mkdir,
-	procSymlink: (*Server).symlink,
-	procRemove:  (*Server).remove,
-	procRmdir:   (*Server).rmdir,
-	procRename:  (*Server).rename,
-	procLink:    (*Server).link,
+	procGetattr:     (*Server).getattr,
+	procSetattr:     (*Server).setattr,
+	procLookup:      (*Server).lookup,
+	procAccess:      (*Server).access,
+	procCreate:      (*Server).create,
+	procMkdir:       (*Server).mkdir,
+	procSymlink:     (*Server).symlink,
+	procRemove:      (*Server).remove,
+	procRmdir:       (*Server).rmdir,
+	procRename:      (*Server).rename,
+	procLink:        (*Server).link,
+	procRead:        (*Server).read,
+	procWrite:       (*Server).write,
+	procFSInfo:      (*Server).fsinfo,
+	procReadDir:     (*Server).readdir,
+	procReadDirPlus: (*Server).readdirplus,
 }
 
 const (
@@ -61,24 +71,9 @@ const (
 
 // handleOwn runs proc for call and returns the whole reply record.
 func (s *Server) handleOwn(ctx context.Context, call rpcCallHeader, proc procFunc) []byte {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.OpTimeout)
-	defer cancel()
-	e := &xdrEncoder{b: make([]byte, 0, 256)}
-	e.u32(call.xid)
-	e.u32(rpcReply)
-	e.u32(msgAccepted)
-	e.u32(authNone) // verifier
-	e.u32(0)
-	statusAt := len(e.b)
-	e.u32(acceptSuccess)
-	d := &xdrDecoder{b: call.args}
-	proc(s, ctx, call.cred, d, e)
-	if d.err != nil {
-		s.log.Debug().Err(d.err).Uint32("proc", call.proc).Msg("garbage arguments")
-		e.b = e.b[:statusAt]
-		e.u32(acceptGarbage)
-	}
-	return e.b
+	return s.runProc(ctx, call, func(ctx context.Context, d *xdrDecoder, e *xdrEncoder) {
+		proc(s, ctx, call.cred, d, e)
+	})
 }
 
 // encodeAttr writes a fattr3.

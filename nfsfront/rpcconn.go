@@ -12,50 +12,36 @@ import (
 )
 
 // rpcConn owns one client connection. It reads whole RPC records (joining
-// fragments, refusing oversized ones before allocating), serves the NFS
-// procedures we implement ourselves, and hands every other record to a
-// go-nfs server bound to this connection through goNFSConn. Replies from
-// both sides are written as whole records under one lock, so they never
-// interleave on the wire.
+// fragments, refusing oversized ones before allocating), answers what
+// dispatch serves itself (our NFS procedures, MOUNT, the portmapper and
+// every RPC-level refusal), and hands every other record to a go-nfs
+// server bound to this connection through goNFSConn, started on the first
+// such record. Replies from both sides are written as whole records under
+// one lock, so they never interleave on the wire.
 type rpcConn struct {
 	srv  *Server
 	raw  net.Conn
+	o    origin
 	wmu  sync.Mutex
 	feed chan []byte // records for go-nfs, each with its record mark
 }
 
-func (s *Server) newConn(raw net.Conn) *rpcConn {
-	return &rpcConn{srv: s, raw: raw, feed: make(chan []byte, 8)}
+func (s *Server) newConn(raw net.Conn, o origin) *rpcConn {
+	return &rpcConn{srv: s, raw: raw, o: o, feed: make(chan []byte, 8)}
 }
-
-// RPC constants (RFC 5531).
-const (
-	rpcCall        = 0
-	rpcReply       = 1
-	msgAccepted    = 0
-	acceptSuccess  = 0
-	acceptGarbage  = 4
-	lastFragment   = 1 << 31
-	progNFS        = 100003
-	authNone       = 0
-	authSys        = 1
-	maxAuthBody    = 400
-	anonymousID    = 65534
-	maxAuthSysGids = 16
-)
 
 func (c *rpcConn) serve(ctx context.Context) {
 	defer c.raw.Close()
 	log := c.srv.log.With().Str("client", c.raw.RemoteAddr().String()).Logger()
 
-	// The go-nfs side of this connection.
-	gc := &goNFSConn{Conn: c.raw, c: c}
-	l := &oneConnListener{conn: gc, done: make(chan struct{})}
+	// The go-nfs side of this connection, started when first needed.
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = c.srv.newGoNFS(ctx).Serve(l) })
+	var l *oneConnListener
 	defer func() {
 		close(c.feed)
-		l.Close()
+		if l != nil {
+			l.Close()
+		}
 		wg.Wait()
 	}()
 
@@ -68,19 +54,18 @@ func (c *rpcConn) serve(ctx context.Context) {
 			}
 			return
 		}
-		call, err := parseCall(rec)
-		if err != nil {
-			log.Debug().Err(err).Msg("malformed RPC call; closing connection")
-			return
-		}
-		if call.prog == progNFS && call.vers == 3 {
-			if proc, ok := ownProcs[call.proc]; ok {
-				reply := c.srv.handleOwn(ctx, call, proc)
+		reply, forward := c.srv.dispatch(ctx, rec, c.o)
+		if !forward {
+			if reply != nil {
 				if err := c.writeRecord(reply); err != nil {
 					return
 				}
-				continue
 			}
+			continue
+		}
+		if l == nil {
+			l = &oneConnListener{conn: &goNFSConn{Conn: c.raw, c: c}, done: make(chan struct{})}
+			wg.Go(func() { _ = c.srv.newGoNFS(ctx).Serve(l) })
 		}
 		// go-nfs reads a single-fragment record.
 		framed := make([]byte, 4+len(rec))
@@ -163,7 +148,9 @@ func (g *goNFSConn) Write(p []byte) (int, error) {
 			break
 		}
 		// go-nfs writes every reply as one last fragment.
-		if err := g.c.writeRecord(g.out[4 : 4+n]); err != nil {
+		rec := g.out[4 : 4+n]
+		fixGoNFSReply(rec)
+		if err := g.c.writeRecord(rec); err != nil {
 			return 0, err
 		}
 		g.out = g.out[4+n:]
@@ -205,62 +192,3 @@ func (l *oneConnListener) Close() error {
 }
 
 func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
-
-// rpcCallHeader is a parsed RPC call.
-type rpcCallHeader struct {
-	xid  uint32
-	prog uint32
-	vers uint32
-	proc uint32
-	cred creds
-	args []byte
-}
-
-// creds are the caller's AUTH_SYS credentials (AUTH_NULL maps to the
-// anonymous user).
-type creds struct {
-	uid, gid uint32
-	gids     []uint32
-}
-
-// parseCall decodes the RPC call header of a record.
-func parseCall(rec []byte) (rpcCallHeader, error) {
-	d := xdrDecoder{b: rec}
-	var h rpcCallHeader
-	h.xid = d.u32()
-	if mt := d.u32(); mt != rpcCall && d.err == nil {
-		return h, fmt.Errorf("rpc message type %d is not a call", mt)
-	}
-	if v := d.u32(); v != 2 && d.err == nil {
-		return h, fmt.Errorf("rpc version %d", v)
-	}
-	h.prog, h.vers, h.proc = d.u32(), d.u32(), d.u32()
-	flavor := d.u32()
-	body := d.opaque(maxAuthBody)
-	_ = d.u32()               // verifier flavor
-	_ = d.opaque(maxAuthBody) // verifier body
-	if d.err != nil {
-		return h, fmt.Errorf("rpc call header: %w", d.err)
-	}
-	h.cred = creds{uid: anonymousID, gid: anonymousID}
-	if flavor == authSys {
-		ad := xdrDecoder{b: body}
-		_ = ad.u32()       // stamp
-		_ = ad.opaque(255) // machine name
-		uid, gid := ad.u32(), ad.u32()
-		n := ad.u32()
-		if n > maxAuthSysGids {
-			return h, fmt.Errorf("AUTH_SYS with %d groups", n)
-		}
-		gids := make([]uint32, 0, n)
-		for range n {
-			gids = append(gids, ad.u32())
-		}
-		if ad.err != nil {
-			return h, fmt.Errorf("AUTH_SYS credentials: %w", ad.err)
-		}
-		h.cred = creds{uid: uid, gid: gid, gids: gids}
-	}
-	h.args = d.b[d.off:]
-	return h, nil
-}

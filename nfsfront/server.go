@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -21,6 +20,7 @@ import (
 // Namespace is what the front needs from the metadata layer.
 type Namespace interface {
 	GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error)
+	GetAttrs(ctx context.Context, inos []meta.Ino) ([]meta.Attr, error)
 	Lookup(ctx context.Context, dir meta.Ino, name string) (meta.Attr, error)
 	Create(ctx context.Context, dir meta.Ino, name string, args meta.CreateArgs) (meta.Attr, error)
 	Link(ctx context.Context, ino meta.Ino, dir meta.Ino, name string) (meta.Attr, error)
@@ -71,15 +71,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Server serves NFSv3 and MOUNT on one listener.
+// Server serves NFSv3, MOUNT and the portmapper on the sockets of
+// Listeners.
 type Server struct {
 	cfg      Config
 	log      zerolog.Logger
 	handler  *handler
 	verifier [8]byte
 
-	mu    sync.Mutex
-	conns map[*rpcConn]struct{}
+	mounts  mountTable
+	cookies cookieTable // READDIR pages
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
@@ -96,7 +97,7 @@ func New(cfg Config, ns Namespace, data Data, secret []byte, log zerolog.Logger)
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, fmt.Errorf("nfs: random nonce: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, conns: make(map[*rpcConn]struct{})}
+	s := &Server{cfg: cfg, log: log}
 	// The write verifier changes on every start: a client holding
 	// UNSTABLE data resends it after a server restart.
 	if _, err := rand.Read(s.verifier[:]); err != nil {
@@ -110,35 +111,51 @@ func New(cfg Config, ns Namespace, data Data, secret []byte, log zerolog.Logger)
 	return s, nil
 }
 
-// Listen opens the TCP listener, with a clear error when the address is
-// taken or not ours to bind.
-func Listen(addr string) (net.Listener, error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		switch {
-		case errors.Is(err, syscall.EADDRINUSE):
-			return nil, fmt.Errorf("nfs address %s is already in use by another program: stop it or choose another port with --nfs-addr: %w", addr, err)
-		case errors.Is(err, syscall.EACCES):
-			return nil, fmt.Errorf("nfs address %s: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE): %w", addr, err)
-		}
-		return nil, fmt.Errorf("nfs address %s: %w", addr, err)
+// Serve serves on ls until ctx ends, then closes ls and every connection
+// and waits for their goroutines. If one listener fails, Serve stops the
+// others and returns the error.
+func (s *Server) Serve(ctx context.Context, ls *Listeners) error {
+	s.handler.fs.ctx = ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ep := ls.endpoints()
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	var errs []error
+	run := func(f func() error) {
+		wg.Go(func() {
+			if err := f(); err != nil {
+				errMu.Lock()
+				errs = append(errs, err)
+				errMu.Unlock()
+				cancel()
+			}
+		})
 	}
-	return l, nil
+	run(func() error { return s.serveTCP(ctx, ls.tcp, svcNFS|svcMount|svcPortmap, ep) })
+	run(func() error { return s.serveUDP(ctx, ls.udp, svcMount|svcPortmap, ep) })
+	if ls.portmapTCP != nil {
+		run(func() error { return s.serveTCP(ctx, ls.portmapTCP, svcPortmap, ep) })
+		run(func() error { return s.serveUDP(ctx, ls.portmapUDP, svcPortmap, ep) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-// Serve accepts connections on l until ctx ends, then closes l and every
-// connection and waits for their goroutines.
-func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	s.handler.fs.ctx = ctx
+// serveTCP accepts connections on l until ctx ends, then closes l and its
+// connections and waits for them.
+func (s *Server) serveTCP(ctx context.Context, l net.Listener, svc services, ep *endpoints) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	conns := make(map[*rpcConn]struct{})
+	var mu sync.Mutex
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
-		s.mu.Lock()
-		for c := range s.conns {
+		mu.Lock()
+		for c := range conns {
 			c.raw.Close()
 		}
-		s.mu.Unlock()
+		mu.Unlock()
 	})
 	defer stop()
 	for {
@@ -151,17 +168,18 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return fmt.Errorf("nfs accept: %w", err)
+			l.Close()
+			return fmt.Errorf("nfs accept on %s: %w", l.Addr(), err)
 		}
-		c := s.newConn(raw)
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
+		c := s.newConn(raw, origin{svc: svc, local: raw.LocalAddr(), remote: raw.RemoteAddr(), ep: ep})
+		mu.Lock()
+		conns[c] = struct{}{}
+		mu.Unlock()
 		wg.Go(func() {
 			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
 			}()
 			c.serve(ctx)
 		})

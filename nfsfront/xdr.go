@@ -97,3 +97,15 @@ func (e *xdrEncoder) opaque(v []byte) {
 		e.b = append(e.b, 0)
 	}
 }
+
+// str appends an XDR string.
+func (e *xdrEncoder) str(s string) {
+	e.u32(uint32(len(s)))
+	e.b = append(e.b, s...)
+	for pad := (4 - len(s)%4) % 4; pad > 0; pad-- {
+		e.b = append(e.b, 0)
+	}
+}
+
+// putU32 overwrites a big-endian uint32 at the start of b.
+func putU32(b []byte, v uint32) { binary.BigEndian.PutUint32(b, v) }

@@ -3,7 +3,7 @@
 # kernel for the guest that runs the Linux NFS client, busybox and cpio
 # for its initramfs. Idempotent; run as root.
 set -eu
-pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod"
+pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod libnfs-utils"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

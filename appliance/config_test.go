@@ -1,0 +1,70 @@
+package appliance
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "wormhole.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfigErrorsNameTheKey(t *testing.T) {
+	cases := map[string]struct{ body, want string }{
+		"unknown top-level key": {"dta_dir: /x\n", "dta_dir"},
+		"unknown nested key":    {"nfs:\n  adress: 1.2.3.4:5\n", "adress"},
+		"bad cluster id":        {"cluster_id: a/b\n", "cluster_id"},
+		"bad address":           {"nfs:\n  addr: nowhere\n", "nfs.addr"},
+		"chunk size too small":  {"chunks:\n  size: 12\n", "chunks.size"},
+		"bad log level":         {"log:\n  level: loud\n", "log.level"},
+		"bad duration":          {"nfs:\n  op_timeout: soon\n", "op_timeout"},
+		"not yaml":              {"nfs: [\n", "wormhole.yaml"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := writeConfig(t, c.body)
+			_, err := LoadConfig(p, Overrides{DataDir: t.TempDir()})
+			if err == nil {
+				t.Fatalf("config %q accepted", c.body)
+			}
+			if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+				t.Fatalf("error %q does not name %q and the file", err, c.want)
+			}
+		})
+	}
+}
+
+func TestLoadConfigDefaultsAndOverrides(t *testing.T) {
+	p := writeConfig(t, "data_dir: /from/file\nnfs:\n  addr: 127.0.0.1:3049\n  op_timeout: 5s\n")
+	cfg, err := LoadConfig(p, Overrides{NFSAddr: "127.0.0.1:4049"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != "/from/file" || cfg.NFS.Addr != "127.0.0.1:4049" || cfg.NFS.OpTimeout != 5*time.Second {
+		t.Fatalf("file and overrides not applied: %+v", cfg)
+	}
+	if cfg.Chunks.Size != DefaultConfig().Chunks.Size || cfg.ClusterID != "default" {
+		t.Fatalf("defaults lost for keys the file does not set: %+v", cfg)
+	}
+	if _, err := LoadConfig("", Overrides{DataDir: t.TempDir()}); err != nil {
+		t.Fatalf("defaults without a file: %v", err)
+	}
+	if _, err := LoadConfig(filepath.Join(t.TempDir(), "missing.yaml"), Overrides{}); err == nil {
+		t.Fatal("a missing config file was accepted")
+	}
+}
+
+// The packaged example must load as it is: it is what users copy.
+func TestPackagedConfigLoads(t *testing.T) {
+	if _, err := LoadConfig("../packaging/wormhole.yaml", Overrides{}); err != nil {
+		t.Fatalf("packaging/wormhole.yaml: %v", err)
+	}
+}

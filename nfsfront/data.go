@@ -1,0 +1,144 @@
+package nfsfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// READ, WRITE and FSINFO: the data path. Served here rather than by go-nfs,
+// which resolves the file three times per WRITE, reports atime and ctime
+// as mtime, and advertises 1 GiB transfer sizes.
+
+// maxIO is the largest READ or WRITE payload, advertised in FSINFO. Linux
+// clients cap rsize and wsize at 1 MiB anyway.
+const maxIO = 1 << 20
+
+// fileSync is the stable_how that says data and metadata are on stable
+// storage (RFC 1813 3.3.7); the lower values are UNSTABLE and DATA_SYNC.
+const fileSync = 2
+
+func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
+	fh := d.opaque(maxFHSize)
+	off := d.u64()
+	count := d.u32()
+	if d.err != nil {
+		return
+	}
+	a, err := s.handler.attrOf(ctx, fh)
+	var buf []byte
+	var n int
+	eof := false
+	if err == nil {
+		buf, n, eof, err = s.readData(ctx, c, a, off, count)
+	}
+	e.u32(uint32(statusOf(err)))
+	encodePostOp(e, a, a.Ino != 0)
+	if err != nil {
+		return
+	}
+	e.u32(uint32(n))
+	e.bool(eof)
+	e.opaque(buf[:n])
+}
+
+func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64, count uint32) ([]byte, int, bool, error) {
+	switch {
+	case a.Type == meta.TypeDir:
+		return nil, 0, false, fmt.Errorf("read directory %d: %w", a.Ino, meta.ErrIsDir)
+	case a.Type != meta.TypeRegular:
+		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, meta.ErrInvalid)
+	case !allowed(a, c, permRead) && c.uid != a.UID:
+		// The owner may read whatever the mode says: a client opened the
+		// file before a chmod, and POSIX lets it keep reading.
+		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, errAccess)
+	}
+	if off >= a.Size {
+		return nil, 0, true, nil
+	}
+	n := uint64(min(count, maxIO))
+	n = min(n, a.Size-off)
+	buf := make([]byte, n)
+	got, err := s.handler.fs.data.ReadAt(ctx, a.Ino, a.Size, buf, int64(off))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, false, err
+	}
+	return buf, got, off+uint64(got) >= a.Size, nil
+}
+
+func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
+	fh := d.opaque(maxFHSize)
+	off := d.u64()
+	count := d.u32()
+	how := d.u32()
+	data := d.opaque(maxIO)
+	if d.err == nil && (how > fileSync || int(count) > len(data)) {
+		d.err = fmt.Errorf("write: stable %d, count %d with %d bytes", how, count, len(data))
+	}
+	if d.err != nil {
+		return
+	}
+	var w wcc
+	a, err := s.handler.attrOf(ctx, fh)
+	if err == nil {
+		w.pre, w.hasPre = a, true
+		switch {
+		case a.Type == meta.TypeDir:
+			err = fmt.Errorf("write directory %d: %w", a.Ino, meta.ErrIsDir)
+		case a.Type != meta.TypeRegular:
+			err = fmt.Errorf("write inode %d: %w", a.Ino, meta.ErrInvalid)
+		case !allowed(a, c, permWrite) && c.uid != a.UID:
+			err = fmt.Errorf("write inode %d: %w", a.Ino, errAccess)
+		case off > 1<<62:
+			err = fmt.Errorf("write at %d: %w", off, errFileTooBig)
+		default:
+			w.post, err = s.handler.fs.data.WriteAt(ctx, a.Ino, data[:count], int64(off))
+			w.hasPost = err == nil
+		}
+	}
+	e.u32(uint32(statusOf(err)))
+	w.encode(e)
+	if err != nil {
+		return
+	}
+	// Every write is durable before this reply: chunks fsynced, chunk map
+	// committed in etcd. So the answer is always FILE_SYNC.
+	e.u32(count)
+	e.u32(fileSync)
+	e.b = append(e.b, s.verifier[:]...)
+}
+
+// FSINFO properties (RFC 1813 3.3.19).
+const (
+	fsfLink        = 0x01
+	fsfSymlink     = 0x02
+	fsfHomogeneous = 0x08
+	fsfCanSetTime  = 0x10
+)
+
+func (s *Server) fsinfo(ctx context.Context, _ creds, d *xdrDecoder, e *xdrEncoder) {
+	fh := d.opaque(maxFHSize)
+	if d.err != nil {
+		return
+	}
+	a, err := s.handler.attrOf(ctx, fh)
+	e.u32(uint32(statusOf(err)))
+	encodePostOp(e, a, err == nil)
+	if err != nil {
+		return
+	}
+	e.u32(maxIO)    // rtmax
+	e.u32(maxIO)    // rtpref
+	e.u32(4096)     // rtmult
+	e.u32(maxIO)    // wtmax
+	e.u32(maxIO)    // wtpref
+	e.u32(4096)     // wtmult
+	e.u32(64 << 10) // dtpref
+	e.u64(1 << 62)  // maxfilesize
+	e.u32(0)        // time_delta: nanosecond timestamps
+	e.u32(1)
+	e.u32(fsfLink | fsfSymlink | fsfHomogeneous | fsfCanSetTime)
+}

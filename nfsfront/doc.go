@@ -1,0 +1,38 @@
+// Package nfsfront is everything an NFS client speaks to: the RPC layer,
+// the portmapper and MOUNT, NFSv3 procedures, file handles, permission
+// checks and the one mapping from internal errors to NFS status.
+//
+// # Shape
+//
+// Each client connection is owned by rpcConn (rpcconn.go): it reads whole
+// RPC records (fragments joined, sizes checked before allocating), parses
+// the call header and AUTH_SYS credentials (rpc.go), and dispatches
+// (dispatch.go). Nearly every NFSv3 procedure is served by our own
+// handlers (procs.go for the namespace, data.go for READ, WRITE and
+// FSINFO, readdir.go for listings), with the caller's credentials and
+// real atime, mtime and ctime. MOUNT (mount.go) and the portmapper
+// (portmap.go) are ours too, over TCP and UDP (udp.go). The few remaining
+// procedures (READLINK, FSSTAT, PATHCONF, COMMIT, MKNOD, NULL) are handed to a
+// go-nfs server bound to that one connection, through goNFSConn, whose
+// replies are forwarded as whole records; fsys.go and handler.go are the
+// billy filesystem and go-nfs Handler it needs.
+//
+// # File handles
+//
+// A handle is version, export, inode, generation and a MAC keyed by the
+// cluster secret (handle.go): stateless, so any node answers any handle,
+// valid across restarts and renames, stale once the inode is removed.
+//
+// # Errors
+//
+// Lower layers return wrapped sentinels (meta.Err*, chunk.Err*); errnoOf,
+// statusOf and mountStatusOf in errors.go are the only places that turn
+// them into errno and NFS or MOUNT status codes.
+//
+// # Imports
+//
+// nfsfront depends on etcdmeta/meta and chunker/chunk (types and
+// sentinels) and declares the Namespace and Data interfaces it needs;
+// it never imports etcd, memberlist, cluster, or the etcdmeta and chunker
+// implementations.
+package nfsfront
