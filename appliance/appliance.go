@@ -94,8 +94,14 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	n.closers = append(n.closers, n.store.Close)
 	files := chunker.NewFiles(ns, n.store, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
 
-	n.nfs, err = nfsfront.New(nfsfront.Config{OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord},
-		ns, dataPath{files, n.store}, secret, log.With().Str("component", "nfs").Logger())
+	exports, err := cfg.NFS.nfsExports()
+	if err != nil {
+		return nil, err
+	}
+	n.nfs, err = nfsfront.New(nfsfront.Config{
+		OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord, Exports: exports,
+		MaxConns: cfg.NFS.MaxConnections, MaxConnsPerClient: cfg.NFS.MaxConnectionsPerClient, IdleTimeout: cfg.NFS.IdleTimeout,
+	}, ns, dataPath{files, n.store}, secret, log.With().Str("component", "nfs").Logger())
 	if err != nil {
 		return nil, err
 	}

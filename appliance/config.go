@@ -3,6 +3,7 @@ package appliance
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -16,6 +17,8 @@ import (
 	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
+
+	"github.com/wormhole-fs/wormhole/nfsfront"
 )
 
 // Config is the one configuration file of a node. Unknown keys are errors.
@@ -42,6 +45,67 @@ type NFSConfig struct {
 	// NFS and MOUNT. Empty disables it (portmapper calls are still answered
 	// on the NFS port); the appliance image sets 0.0.0.0:111.
 	PortmapAddr string `koanf:"portmap_addr" validate:"omitempty,hostname_port"`
+	// Exports say which clients may mount and how. Without any, the node
+	// admits this machine only (127.0.0.0/8 and ::1) without squashing
+	// root: a local trial.
+	Exports []ExportConfig `koanf:"exports" validate:"max=255,dive"`
+	// MaxConnections bounds open client connections, in all and per
+	// client address.
+	MaxConnections          int `koanf:"max_connections" validate:"min=1"`
+	MaxConnectionsPerClient int `koanf:"max_connections_per_client" validate:"min=1"`
+	// IdleTimeout closes connections that sent nothing for that long.
+	IdleTimeout time.Duration `koanf:"idle_timeout" validate:"min=1s"`
+}
+
+// ExportConfig is one export rule (see nfsfront.Export).
+type ExportConfig struct {
+	// Path is what clients mount; only "/" so far.
+	Path string `koanf:"path" validate:"required,eq=/"`
+	// Clients are the networks admitted, as CIDRs or single addresses.
+	Clients []string `koanf:"clients" validate:"required,min=1,dive,cidr|ip"`
+	// ReadOnly refuses every change.
+	ReadOnly bool `koanf:"read_only"`
+	// Squash is root (default: root_squash), none or all (all_squash).
+	Squash string `koanf:"squash" validate:"omitempty,oneof=root none all"`
+	// AnonUID and AnonGID are what squashed callers become.
+	AnonUID uint32 `koanf:"anon_uid"`
+	AnonGID uint32 `koanf:"anon_gid"`
+}
+
+// nfsExports converts the configured exports for the front.
+func (c NFSConfig) nfsExports() ([]nfsfront.Export, error) {
+	if len(c.Exports) == 0 {
+		return []nfsfront.Export{nfsfront.LoopbackExport()}, nil
+	}
+	out := make([]nfsfront.Export, 0, len(c.Exports))
+	for i, x := range c.Exports {
+		squash, err := nfsfront.ParseSquash(x.Squash)
+		if err != nil {
+			return nil, fmt.Errorf("nfs.exports[%d].squash: %w", i, err)
+		}
+		e := nfsfront.Export{Path: x.Path, ReadOnly: x.ReadOnly, Squash: squash, AnonUID: x.AnonUID, AnonGID: x.AnonGID}
+		for j, cl := range x.Clients {
+			p, err := parseClient(cl)
+			if err != nil {
+				return nil, fmt.Errorf("nfs.exports[%d].clients[%d] = %q: %w", i, j, cl, err)
+			}
+			e.Clients = append(e.Clients, p)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// parseClient reads a CIDR or a single address.
+func parseClient(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("want a network such as 192.168.1.0/24 or an address")
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // ChunkConfig configures how file bytes are split and stored.
@@ -68,10 +132,13 @@ func DefaultConfig() Config {
 	return Config{
 		ClusterID: "default",
 		DataDir:   defaultDataDir(),
-		NFS:       NFSConfig{Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second},
-		Chunks:    ChunkConfig{Size: 1 << 20},
-		Etcd:      EtcdConfig{QuotaBytes: 2 << 30},
-		Log:       LogConfig{Level: "info", Format: "console"},
+		NFS: NFSConfig{
+			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
+			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
+		},
+		Chunks: ChunkConfig{Size: 1 << 20},
+		Etcd:   EtcdConfig{QuotaBytes: 2 << 30},
+		Log:    LogConfig{Level: "info", Format: "console"},
 	}
 }
 
@@ -164,6 +231,10 @@ func rule(fe validator.FieldError) string {
 		return "must be at most " + fe.Param()
 	case "oneof":
 		return "must be one of: " + fe.Param()
+	case "cidr|ip":
+		return "must be a network such as 192.168.1.0/24 or an address"
+	case "eq":
+		return "must be " + fe.Param() + " (subdirectory exports are not supported yet)"
 	}
 	return "must satisfy " + fe.Tag() + " " + fe.Param()
 }

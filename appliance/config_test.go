@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wormhole-fs/wormhole/nfsfront"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -66,5 +68,47 @@ func TestLoadConfigDefaultsAndOverrides(t *testing.T) {
 func TestPackagedConfigLoads(t *testing.T) {
 	if _, err := LoadConfig("../packaging/wormhole.yaml", Overrides{}); err != nil {
 		t.Fatalf("packaging/wormhole.yaml: %v", err)
+	}
+}
+
+func TestExportsConfig(t *testing.T) {
+	p := writeConfig(t, `nfs:
+  exports:
+    - path: /
+      clients: [192.168.1.0/24, 10.0.0.7]
+      read_only: true
+    - path: /
+      clients: ["::1"]
+      squash: all
+      anon_uid: 1000
+      anon_gid: 1000
+`)
+	cfg, err := LoadConfig(p, Overrides{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := cfg.NFS.nfsExports()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(xs) != 2 || !xs[0].ReadOnly || xs[0].Squash != nfsfront.SquashRoot || xs[1].Squash != nfsfront.SquashAll || xs[1].AnonUID != 1000 {
+		t.Fatalf("exports %+v", xs)
+	}
+	if got := xs[0].Clients[1].String(); got != "10.0.0.7/32" {
+		t.Fatalf("single address became %s, want 10.0.0.7/32", got)
+	}
+
+	for name, c := range map[string]struct{ body, want string }{
+		"subdirectory": {"nfs:\n  exports:\n    - path: /home\n      clients: [10.0.0.0/8]\n", "subdirectory"},
+		"bad network":  {"nfs:\n  exports:\n    - path: /\n      clients: [10.0.0.0/33]\n", "clients"},
+		"no clients":   {"nfs:\n  exports:\n    - path: /\n", "clients"},
+		"bad squash":   {"nfs:\n  exports:\n    - path: /\n      clients: [10.0.0.0/8]\n      squash: some\n", "squash"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := LoadConfig(writeConfig(t, c.body), Overrides{DataDir: t.TempDir()})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v does not mention %q", err, c.want)
+			}
+		})
 	}
 }

@@ -28,7 +28,7 @@ func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 	if d.err != nil {
 		return
 	}
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	var buf []byte
 	var n int
 	eof := false
@@ -82,7 +82,7 @@ func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncode
 		return
 	}
 	var w wcc
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	if err == nil {
 		w.pre, w.hasPre = a, true
 		switch {
@@ -90,12 +90,17 @@ func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncode
 			err = fmt.Errorf("write directory %d: %w", a.Ino, meta.ErrIsDir)
 		case a.Type != meta.TypeRegular:
 			err = fmt.Errorf("write inode %d: %w", a.Ino, meta.ErrInvalid)
+		case c.readOnly:
+			err = fmt.Errorf("write inode %d: %w", a.Ino, errReadOnly)
 		case !allowed(a, c, permWrite) && c.uid != a.UID:
 			err = fmt.Errorf("write inode %d: %w", a.Ino, errAccess)
 		case off > 1<<62:
 			err = fmt.Errorf("write at %d: %w", off, errFileTooBig)
 		default:
 			w.post, err = s.handler.fs.data.WriteAt(ctx, a.Ino, data[:count], int64(off))
+			if err == nil {
+				w.post, err = s.dropSetID(ctx, c, w.post)
+			}
 			w.hasPost = err == nil
 		}
 	}
@@ -119,12 +124,12 @@ const (
 	fsfCanSetTime  = 0x10
 )
 
-func (s *Server) fsinfo(ctx context.Context, _ creds, d *xdrDecoder, e *xdrEncoder) {
+func (s *Server) fsinfo(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
 	fh := d.opaque(maxFHSize)
 	if d.err != nil {
 		return
 	}
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	e.u32(uint32(statusOf(err)))
 	encodePostOp(e, a, err == nil)
 	if err != nil {
@@ -141,4 +146,19 @@ func (s *Server) fsinfo(ctx context.Context, _ creds, d *xdrDecoder, e *xdrEncod
 	e.u32(0)        // time_delta: nanosecond timestamps
 	e.u32(1)
 	e.u32(fsfLink | fsfSymlink | fsfHomogeneous | fsfCanSetTime)
+}
+
+// dropSetID clears setuid, and setgid where it means set-group-ID (group
+// execute set), after a write by anyone but root, as local filesystems
+// do: a modified program must not keep running as its owner.
+func (s *Server) dropSetID(ctx context.Context, c creds, a meta.Attr) (meta.Attr, error) {
+	clear := uint32(0o4000)
+	if a.Mode&0o010 != 0 {
+		clear |= 0o2000
+	}
+	if c.uid == 0 || a.Mode&clear == 0 {
+		return a, nil
+	}
+	m := a.Mode &^ clear
+	return s.handler.fs.ns.SetAttr(ctx, a.Ino, meta.SetAttrArgs{Mode: &m})
 }

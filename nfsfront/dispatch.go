@@ -72,9 +72,12 @@ func (s *Server) dispatch(ctx context.Context, rec []byte, o origin) (reply []by
 		case h.vers != nfsVers:
 			return progMismatchReply(h.xid, nfsVers, nfsVers), false
 		case own:
-			return s.handleOwn(ctx, h, proc), false
+			return s.handleOwn(ctx, call{h, o}, proc), false
 		case h.proc > maxNFSProc:
 			return acceptedReply(h.xid, acceptProcUnavail), false
+		case h.proc != 0 && s.callerCreds(call{h, o}).denied:
+			// go-nfs checks no export: refuse here what it would serve.
+			return authErrorReply(h.xid, authTooWeak), false
 		}
 		return nil, true
 	case h.prog == progMount && o.svc&svcMount != 0:

@@ -54,6 +54,8 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EACCES
 	case errors.Is(err, errFileTooBig):
 		return syscall.EFBIG
+	case errors.Is(err, errXDev):
+		return syscall.EXDEV
 	case errors.Is(err, errNotSupported):
 		return syscall.ENOTSUP
 	case errors.Is(err, context.DeadlineExceeded):
@@ -70,6 +72,7 @@ var (
 	errNotSupported = errors.New("operation not supported")
 	errBadHandle    = errors.New("bad file handle")
 	errFileTooBig   = errors.New("file too large")
+	errXDev         = errors.New("handles of different exports")
 )
 
 // toPathError returns err in the form go-nfs understands: a *fs.PathError

@@ -76,36 +76,30 @@ func (h *handler) ToHandle(_ billy.Filesystem, path []string) []byte {
 func (h *handler) FromHandle(fh []byte) (billy.Filesystem, []string, error) {
 	ctx, cancel := h.fs.opCtx()
 	defer cancel()
-	a, err := h.attrOf(ctx, fh)
+	a, _, err := h.attrOf(ctx, fh)
 	if err != nil {
 		return nil, nil, toPathError("handle", "", err)
 	}
 	return h.fs, h.fs.pathFor(a), nil
 }
 
-// attrOf decodes and checks a handle and returns the inode's attributes.
-// A handle of a removed inode, or of an older generation, is stale.
-func (h *handler) attrOf(ctx context.Context, fh []byte) (meta.Attr, error) {
+// attrOf decodes and checks a handle and returns the inode's attributes
+// and the decoded handle. A handle of a removed inode, or of an older
+// generation, is stale. Export admission is the caller's business
+// (Server.attrFor, and dispatch for records go-nfs serves).
+func (h *handler) attrOf(ctx context.Context, fh []byte) (meta.Attr, Handle, error) {
 	hd, err := h.codec.Decode(fh)
 	if err != nil {
-		return meta.Attr{}, err
-	}
-	if hd.Export != h.export {
-		return meta.Attr{}, fmt.Errorf("handle of export %d: %w", hd.Export, errBadHandle)
+		return meta.Attr{}, hd, err
 	}
 	a, err := h.fs.ns.GetAttr(ctx, hd.Ino)
 	if err != nil {
-		return meta.Attr{}, fmt.Errorf("inode %d: %w", hd.Ino, meta.ErrStale)
+		return meta.Attr{}, hd, fmt.Errorf("inode %d: %w", hd.Ino, meta.ErrStale)
 	}
 	if a.Gen != hd.Gen {
-		return meta.Attr{}, fmt.Errorf("inode %d generation %d, handle has %d: %w", hd.Ino, a.Gen, hd.Gen, meta.ErrStale)
+		return meta.Attr{}, hd, fmt.Errorf("inode %d generation %d, handle has %d: %w", hd.Ino, a.Gen, hd.Gen, meta.ErrStale)
 	}
-	return a, nil
-}
-
-// handleOf returns the handle for a.
-func (h *handler) handleOf(a meta.Attr) []byte {
-	return h.codec.Encode(Handle{Export: h.export, Ino: a.Ino, Gen: a.Gen})
+	return a, hd, nil
 }
 
 // InvalidateHandle is a no-op: handles are stateless.

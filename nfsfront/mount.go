@@ -82,10 +82,15 @@ func (s *Server) mountMnt(ctx context.Context, c call, d *xdrDecoder, e *xdrEnco
 	var fh []byte
 	err := checkExport(dir)
 	if err == nil {
-		var root meta.Attr
-		root, err = s.handler.fs.ns.GetAttr(ctx, meta.RootIno)
-		if err == nil {
-			fh = s.handler.handleOf(root)
+		idx, ok := s.exportFor(hostOf(c.remote))
+		if !ok {
+			err = fmt.Errorf("client %s is in no export's client list: %w", addrString(c.remote), errAccess)
+		} else {
+			var root meta.Attr
+			root, err = s.handler.fs.ns.GetAttr(ctx, meta.RootIno)
+			if err == nil {
+				fh = s.handleFor(creds{export: idx}, root)
+			}
 		}
 	}
 	e.u32(mountStatusOf(err))
@@ -135,14 +140,18 @@ func (s *Server) mountUmntAll(_ context.Context, c call, _ *xdrDecoder, _ *xdrEn
 	s.mounts.remove(clientName(c.remote))
 }
 
-// mountExport lists the one export, open to every host ("*", as knfsd
-// reports a world export).
+// mountExport lists each export with the networks it admits as its
+// groups (what `showmount -e` prints).
 func (s *Server) mountExport(_ context.Context, _ call, _ *xdrDecoder, e *xdrEncoder) {
-	e.bool(true) // an exportnode follows
-	e.str(exportPath)
-	e.bool(true) // a group follows
-	e.str("*")
-	e.bool(false) // no more groups
+	for _, x := range s.cfg.Exports {
+		e.bool(true) // an exportnode follows
+		e.str(x.Path)
+		for _, p := range x.Clients {
+			e.bool(true) // a group follows
+			e.str(p.String())
+		}
+		e.bool(false) // no more groups
+	}
 	e.bool(false) // no more exports
 }
 

@@ -24,7 +24,7 @@ func TestMountGolden(t *testing.T) {
 	s := newRPCTestServer(t)
 	ctx := context.Background()
 	o := tcpOrigin(allServices, testEndpoints())
-	root := hex.EncodeToString(s.handler.handleOf(rootAttr)) // 34 bytes
+	root := hex.EncodeToString(s.handleFor(creds{}, rootAttr)) // 34 bytes
 	mnt := func(xid uint32, vers uint32, dir string) []byte {
 		reply, _ := s.dispatch(ctx, callRecord(xid, progMount, vers, mountProcMnt, unhex(t, xdrString(dir))), o)
 		return reply
@@ -62,11 +62,13 @@ func TestMountGolden(t *testing.T) {
 	wantBytes(t, "UMNTALL", all, unhex(t, successHeader("0000000a")))
 	wantBytes(t, "DUMP after UMNTALL", dump(11), unhex(t, successHeader("0000000b")+" 00000000"))
 
-	// exports: one exportnode "/" with one group "*".
+	// exports: one exportnode "/" with the admitted networks as groups.
 	for _, vers := range []uint32{1, 2, 3} {
 		reply, _ := s.dispatch(ctx, callRecord(12, progMount, vers, mountProcExport, nil), o)
 		wantBytes(t, fmt.Sprintf("EXPORT v%d", vers), reply,
-			unhex(t, successHeader("0000000c")+" 00000001 "+xdrString("/")+" 00000001 "+xdrString("*")+" 00000000 00000000"))
+			unhex(t, successHeader("0000000c")+" 00000001 "+xdrString("/")+
+				" 00000001 "+xdrString("127.0.0.0/8")+" 00000001 "+xdrString("::1/128")+
+				" 00000001 "+xdrString("10.0.0.0/8")+" 00000001 "+xdrString("fd00::/8")+" 00000000 00000000"))
 	}
 
 	wantBytes(t, "MNT v1 (NFSv2 handles)", mnt(13, 1, "/"), unhex(t, "0000000d 00000001 00000000 00000000 00000000 00000003"))

@@ -70,10 +70,29 @@ const (
 )
 
 // handleOwn runs proc for call and returns the whole reply record.
-func (s *Server) handleOwn(ctx context.Context, call rpcCallHeader, proc procFunc) []byte {
-	return s.runProc(ctx, call, func(ctx context.Context, d *xdrDecoder, e *xdrEncoder) {
-		proc(s, ctx, call.cred, d, e)
+func (s *Server) handleOwn(ctx context.Context, cl call, proc procFunc) []byte {
+	c := s.callerCreds(cl)
+	return s.runProc(ctx, cl.rpcCallHeader, func(ctx context.Context, d *xdrDecoder, e *xdrEncoder) {
+		proc(s, ctx, c, d, e)
 	})
+}
+
+// attrFor decodes a handle for caller c and returns the inode's
+// attributes: the handle must belong to the export c was admitted under.
+func (s *Server) attrFor(ctx context.Context, c creds, fh []byte) (meta.Attr, error) {
+	if c.denied {
+		return meta.Attr{}, fmt.Errorf("client not admitted by export %d: %w", c.export, errAccess)
+	}
+	a, hd, err := s.handler.attrOf(ctx, fh)
+	if err == nil && hd.Export != c.export {
+		return meta.Attr{}, fmt.Errorf("handle of export %d used under export %d: %w", hd.Export, c.export, errXDev)
+	}
+	return a, err
+}
+
+// handleFor returns the handle of a under c's export.
+func (s *Server) handleFor(c creds, a meta.Attr) []byte {
+	return s.handler.codec.Encode(Handle{Export: c.export, Ino: a.Ino, Gen: a.Gen})
 }
 
 // encodeAttr writes a fattr3.
@@ -265,13 +284,16 @@ func (c creds) inGroup(gid uint32) bool {
 // its pre-operation attributes, and checks that c may add or remove names
 // in it.
 func (s *Server) dirForChange(ctx context.Context, c creds, fh []byte, w *wcc) (meta.Attr, error) {
-	dir, err := s.handler.attrOf(ctx, fh)
+	dir, err := s.attrFor(ctx, c, fh)
 	if err != nil {
 		return dir, err
 	}
 	w.pre, w.hasPre = dir, true
 	if dir.Type != meta.TypeDir {
 		return dir, fmt.Errorf("inode %d: %w", dir.Ino, meta.ErrNotDir)
+	}
+	if c.readOnly {
+		return dir, fmt.Errorf("change directory %d: %w", dir.Ino, errReadOnly)
 	}
 	if !allowed(dir, c, permWrite|permExec) {
 		return dir, fmt.Errorf("change directory %d: %w", dir.Ino, errAccess)
@@ -285,12 +307,12 @@ func mayUnlink(dir, victim meta.Attr, c creds) bool {
 	return dir.Mode&0o1000 == 0 || c.uid == 0 || c.uid == dir.UID || c.uid == victim.UID
 }
 
-func (s *Server) getattr(ctx context.Context, _ creds, d *xdrDecoder, e *xdrEncoder) {
+func (s *Server) getattr(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
 	fh := d.opaque(maxFHSize)
 	if d.err != nil {
 		return
 	}
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	e.u32(uint32(statusOf(err)))
 	if err == nil {
 		encodeAttr(e, a)
@@ -310,7 +332,7 @@ func (s *Server) setattr(ctx context.Context, c creds, d *xdrDecoder, e *xdrEnco
 		return
 	}
 	var w wcc
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	if err == nil {
 		w.pre, w.hasPre = a, true
 		err = s.applySattr(ctx, c, a, sa, guard)
@@ -325,6 +347,9 @@ var errNotSync = errors.New("setattr guard: ctime changed")
 
 // applySattr applies a SETATTR with POSIX permission rules.
 func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr, guard *int64) error {
+	if c.readOnly {
+		return fmt.Errorf("setattr inode %d: %w", a.Ino, errReadOnly)
+	}
 	if guard != nil && *guard != a.Ctime {
 		return errNotSync
 	}
@@ -390,14 +415,14 @@ func (s *Server) lookup(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 	if d.err != nil {
 		return
 	}
-	dir, err := s.handler.attrOf(ctx, op.fh)
+	dir, err := s.attrFor(ctx, c, op.fh)
 	var obj meta.Attr
 	if err == nil {
 		obj, err = s.lookupIn(ctx, c, dir, op.name)
 	}
 	e.u32(uint32(statusOf(err)))
 	if err == nil {
-		e.opaque(s.handler.handleOf(obj))
+		e.opaque(s.handleFor(c, obj))
 		encodePostOp(e, obj, true)
 	}
 	encodePostOp(e, dir, dir.Ino != 0)
@@ -431,7 +456,7 @@ func (s *Server) newObject(ctx context.Context, c creds, op diropargs, args meta
 	e.u32(uint32(statusOf(err)))
 	if err == nil {
 		e.bool(true)
-		e.opaque(s.handler.handleOf(obj))
+		e.opaque(s.handleFor(c, obj))
 		encodePostOp(e, obj, true)
 	}
 	w.encode(e)
@@ -658,7 +683,7 @@ func (s *Server) link(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 	var obj meta.Attr
 	err := func() error {
 		var err error
-		obj, err = s.handler.attrOf(ctx, fh)
+		obj, err = s.attrFor(ctx, c, fh)
 		if err != nil {
 			return err
 		}
@@ -699,7 +724,7 @@ func (s *Server) access(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 	if d.err != nil {
 		return
 	}
-	a, err := s.handler.attrOf(ctx, fh)
+	a, err := s.attrFor(ctx, c, fh)
 	e.u32(uint32(statusOf(err)))
 	encodePostOp(e, a, err == nil)
 	if err != nil {
@@ -709,7 +734,7 @@ func (s *Server) access(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 	if allowed(a, c, permRead) {
 		granted |= accessRead
 	}
-	if allowed(a, c, permWrite) {
+	if allowed(a, c, permWrite) && !c.readOnly {
 		granted |= accessModify | accessExtend
 		if a.Type == meta.TypeDir {
 			granted |= accessDelete

@@ -168,7 +168,7 @@ type readdirArgs struct {
 }
 
 func (s *Server) checkDir(ctx context.Context, c creds, a readdirArgs) (meta.Attr, error) {
-	dir, err := s.handler.attrOf(ctx, a.fh)
+	dir, err := s.attrFor(ctx, c, a.fh)
 	switch {
 	case err != nil:
 		return dir, err
@@ -291,7 +291,7 @@ func (s *Server) readdirplus(ctx context.Context, c creds, d *xdrDecoder, e *xdr
 		encodePostOp(e, a, ok)
 		e.bool(ok)
 		if ok {
-			e.opaque(s.handler.handleOf(a))
+			e.opaque(s.handleFor(c, a))
 		}
 	}
 	k := 0

@@ -36,6 +36,7 @@ const (
 
 	// auth_stat
 	authBadCred = 1
+	authTooWeak = 5 // AUTH_TOOWEAK: the export does not admit this client
 
 	lastFragment = 1 << 31
 )
@@ -79,6 +80,10 @@ type rpcCallHeader struct {
 type creds struct {
 	uid, gid uint32
 	gids     []uint32
+	// Set by callerCreds from the export of the call's file handle.
+	export   uint8
+	readOnly bool // the export refuses changes
+	denied   bool // the export does not admit this client
 }
 
 // parseCall decodes the RPC call header of a record. On error the xid is

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // rpcConn owns one client connection. It reads whole RPC records (joining
@@ -47,6 +48,10 @@ func (c *rpcConn) serve(ctx context.Context) {
 
 	br := bufio.NewReaderSize(c.raw, 64<<10)
 	for {
+		// An idle client is let go; it reconnects when it has work.
+		if err := c.raw.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout)); err != nil {
+			return
+		}
 		rec, err := readRecord(br, c.srv.cfg.MaxRecord)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {

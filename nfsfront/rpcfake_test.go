@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -94,7 +95,9 @@ func (nopData) Usage() (uint64, uint64, error) { return 1 << 30, 1 << 29, nil }
 // newRPCTestServer is a Server over rootOnlyNS and nopData.
 func newRPCTestServer(t testing.TB) *Server {
 	t.Helper()
-	s, err := New(DefaultConfig(), rootOnlyNS{}, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	cfg := DefaultConfig()
+	cfg.Exports[0].Clients = append(cfg.Exports[0].Clients, netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"))
+	s, err := New(cfg, rootOnlyNS{}, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,11 +53,24 @@ type Config struct {
 	// MaxRecord is the largest RPC record accepted; a larger one closes
 	// the connection.
 	MaxRecord int
+	// Exports say who may mount and how; the first admitting a client
+	// applies. At most 255.
+	Exports []Export
+	// MaxConns bounds open client connections in all, MaxConnsPerClient
+	// those from one address; a connection over the bound is closed at
+	// once. IdleTimeout closes a connection that sent nothing for that long
+	// (clients reconnect transparently).
+	MaxConns, MaxConnsPerClient int
+	IdleTimeout                 time.Duration
 }
 
-// DefaultConfig returns the defaults.
+// DefaultConfig returns the defaults: a loopback-only export.
 func DefaultConfig() Config {
-	return Config{OpTimeout: 30 * time.Second, MaxRecord: 4 << 20}
+	return Config{
+		OpTimeout: 30 * time.Second, MaxRecord: 4 << 20,
+		Exports:  []Export{LoopbackExport()},
+		MaxConns: 4096, MaxConnsPerClient: 64, IdleTimeout: 15 * time.Minute,
+	}
 }
 
 // Validate reports a configuration error.
@@ -67,6 +80,17 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRecord < 64<<10 {
 		return fmt.Errorf("nfs max record %d: must be at least 65536", c.MaxRecord)
+	}
+	if len(c.Exports) == 0 || len(c.Exports) > 255 {
+		return fmt.Errorf("nfs exports: %d given, need 1 to 255", len(c.Exports))
+	}
+	for _, x := range c.Exports {
+		if err := x.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.MaxConns < 1 || c.MaxConnsPerClient < 1 || c.IdleTimeout <= 0 {
+		return fmt.Errorf("nfs connection limits %d total, %d per client, idle %v: must be positive", c.MaxConns, c.MaxConnsPerClient, c.IdleTimeout)
 	}
 	return nil
 }
@@ -148,6 +172,7 @@ func (s *Server) serveTCP(ctx context.Context, l net.Listener, svc services, ep 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	conns := make(map[*rpcConn]struct{})
+	perClient := make(map[string]int)
 	var mu sync.Mutex
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
@@ -171,14 +196,25 @@ func (s *Server) serveTCP(ctx context.Context, l net.Listener, svc services, ep 
 			l.Close()
 			return fmt.Errorf("nfs accept on %s: %w", l.Addr(), err)
 		}
-		c := s.newConn(raw, origin{svc: svc, local: raw.LocalAddr(), remote: raw.RemoteAddr(), ep: ep})
+		client := clientName(raw.RemoteAddr())
 		mu.Lock()
+		if len(conns) >= s.cfg.MaxConns || perClient[client] >= s.cfg.MaxConnsPerClient {
+			mu.Unlock()
+			s.log.Warn().Str("client", client).Int("open", len(conns)).Msg("connection refused: connection limit reached")
+			raw.Close()
+			continue
+		}
+		c := s.newConn(raw, origin{svc: svc, local: raw.LocalAddr(), remote: raw.RemoteAddr(), ep: ep})
 		conns[c] = struct{}{}
+		perClient[client]++
 		mu.Unlock()
 		wg.Go(func() {
 			defer func() {
 				mu.Lock()
 				delete(conns, c)
+				if perClient[client]--; perClient[client] == 0 {
+					delete(perClient, client)
+				}
 				mu.Unlock()
 			}()
 			c.serve(ctx)
