@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,7 +33,12 @@ type Node struct {
 	etcd    *etcdmeta.Embedded
 	store   *chunker.LocalStore
 	nfs     *nfsfront.Server
+	ns      *etcdmeta.Store
+	started time.Time
 	closers []func() error
+
+	admin      net.Listener // nil when admin.addr is empty
+	adminToken string
 }
 
 // NewLogger builds the root logger the configuration asks for.
@@ -50,7 +56,7 @@ func NewLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
 // Start brings a node up. On any error everything started so far is
 // stopped again and the error says what failed and what to do.
 func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err error) {
-	n := &Node{cfg: cfg, log: log}
+	n := &Node{cfg: cfg, log: log, started: time.Now()}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -67,6 +73,15 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		return nil, err
 	}
 	n.closers = append(n.closers, func() error { return ignoreClosed(n.lis.Close()) })
+	if cfg.Admin.Addr != "" {
+		if n.admin, err = listenAdmin(cfg.Admin.Addr); err != nil {
+			return nil, err
+		}
+		n.closers = append(n.closers, func() error { return ignoreClosed(n.admin.Close()) })
+		if n.adminToken, err = loadAdminToken(filepath.Join(dataDir, "admin.token")); err != nil {
+			return nil, err
+		}
+	}
 
 	secret, err := loadSecret(filepath.Join(dataDir, "cluster.key"))
 	if err != nil {
@@ -86,6 +101,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	if err != nil {
 		return nil, fmt.Errorf("namespace: %w", err)
 	}
+	n.ns = ns
 
 	n.store, err = chunker.OpenLocal(filepath.Join(dataDir, "chunks"), log.With().Str("component", "chunks").Logger())
 	if err != nil {
@@ -121,19 +137,48 @@ func (n *Node) NFSAddr() net.Addr { return n.lis.Addr() }
 // PortmapAddr is the portmapper's address, or nil when it is disabled.
 func (n *Node) PortmapAddr() net.Addr { return n.lis.PortmapAddr() }
 
-// Serve serves NFS until ctx ends.
+// AdminAddr is the admin API's address, or nil when it is disabled.
+func (n *Node) AdminAddr() net.Addr {
+	if n.admin == nil {
+		return nil
+	}
+	return n.admin.Addr()
+}
+
+// Serve serves NFS and the admin API until ctx ends, or until one of them
+// or the embedded etcd fails, which stops the others.
 func (n *Node) Serve(ctx context.Context) error {
-	n.log.Info().Str("nfs", n.lis.Addr().String()).Str("data_dir", n.cfg.DataDir).Msg("wormhole serving")
-	errc := make(chan error, 1)
-	go func() { errc <- n.nfs.Serve(ctx, n.lis) }()
+	ev := n.log.Info().Str("nfs", n.lis.Addr().String()).Str("data_dir", n.cfg.DataDir)
+	if n.admin != nil {
+		ev = ev.Str("admin", n.admin.Addr().String())
+	}
+	ev.Msg("wormhole serving")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	wg.Go(func() {
+		if errs[0] = n.nfs.Serve(ctx, n.lis); errs[0] != nil {
+			cancel()
+		}
+	})
+	if n.admin != nil {
+		h := n.adminHandler(n.adminToken, n.metrics())
+		wg.Go(func() {
+			if errs[1] = n.serveAdmin(ctx, n.admin, h); errs[1] != nil {
+				cancel()
+			}
+		})
+	}
 	select {
-	case err := <-errc:
-		return err
+	case <-ctx.Done():
 	case err := <-n.etcd.Err():
 		// etcd stopped under us: stop serving rather than answer wrongly.
-		serveErr := <-errc
-		return errors.Join(fmt.Errorf("embedded etcd stopped: %w", err), serveErr)
+		errs[2] = fmt.Errorf("embedded etcd stopped: %w", err)
+		cancel()
 	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Close stops every component in reverse start order. It is idempotent.

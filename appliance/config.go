@@ -30,7 +30,19 @@ type Config struct {
 	NFS     NFSConfig   `koanf:"nfs"`
 	Chunks  ChunkConfig `koanf:"chunks"`
 	Etcd    EtcdConfig  `koanf:"etcd"`
+	Admin   AdminConfig `koanf:"admin"`
 	Log     LogConfig   `koanf:"log"`
+
+	// Version is the running binary's version, set by the command, not
+	// the file.
+	Version string `koanf:"-"`
+}
+
+// AdminConfig configures the admin API (status and metrics).
+type AdminConfig struct {
+	// Addr is where the admin API listens; empty disables it. Every
+	// request needs the token in <data_dir>/admin.token.
+	Addr string `koanf:"addr" validate:"omitempty,hostname_port"`
 }
 
 // NFSConfig configures the NFS front.
@@ -138,6 +150,7 @@ func DefaultConfig() Config {
 		},
 		Chunks: ChunkConfig{Size: 1 << 20},
 		Etcd:   EtcdConfig{QuotaBytes: 2 << 30},
+		Admin:  AdminConfig{Addr: "127.0.0.1:9470"},
 		Log:    LogConfig{Level: "info", Format: "console"},
 	}
 }
@@ -154,8 +167,9 @@ func defaultDataDir() string {
 
 // Overrides are command-line settings that win over the file.
 type Overrides struct {
-	DataDir string
-	NFSAddr string
+	DataDir   string
+	NFSAddr   string
+	AdminAddr string
 }
 
 // LoadConfig reads path (if not empty) over the defaults, applies the
@@ -191,6 +205,9 @@ func LoadConfig(path string, o Overrides) (Config, error) {
 	}
 	if o.NFSAddr != "" {
 		cfg.NFS.Addr = o.NFSAddr
+	}
+	if o.AdminAddr != "" {
+		cfg.Admin.Addr = o.AdminAddr
 	}
 	if err := cfg.Validate(); err != nil {
 		if path != "" {

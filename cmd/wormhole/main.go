@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), &cobra.Command{
+	root.AddCommand(newServeCmd(), newStatusCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },
@@ -52,6 +52,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if err != nil {
 				return err
 			}
+			cfg.Version = version
 			log, err := appliance.NewLogger(cfg.Log, os.Stderr)
 			if err != nil {
 				return err
@@ -77,5 +78,6 @@ SIGTERM or SIGINT stops it cleanly.`,
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration file (YAML); see packaging/wormhole.yaml")
 	cmd.Flags().StringVar(&o.DataDir, "data-dir", "", "data directory (overrides data_dir)")
 	cmd.Flags().StringVar(&o.NFSAddr, "nfs-addr", "", "NFS listen address HOST:PORT (overrides nfs.addr)")
+	cmd.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "admin API address HOST:PORT (overrides admin.addr)")
 	return cmd
 }

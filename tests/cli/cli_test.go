@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -257,4 +258,28 @@ func TestKill9LosesNoAcknowledgedWrite(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged blocks intact after kill -9", n)
+}
+
+func TestStatus(t *testing.T) {
+	data := t.TempDir()
+	p := startServing(t, data)
+	defer p.Kill9()
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{"status", "--data-dir", data, "--admin-addr", p.AdminAddr}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := run()
+	if err != nil || !strings.Contains(out, "HEALTHY") || !strings.Contains(out, p.Addr) {
+		t.Fatalf("wormhole status: %v\n%s", err, out)
+	}
+	out, err = run("--json")
+	if err != nil || !strings.Contains(out, `"situation":"healthy"`) {
+		t.Fatalf("wormhole status --json: %v\n%s", err, out)
+	}
+	// Without the node's token there is no status.
+	other := t.TempDir()
+	raw, err := exec.Command(bin, "status", "--data-dir", other, "--admin-addr", p.AdminAddr).CombinedOutput()
+	if out = string(raw); err == nil || !strings.Contains(out, "admin token") {
+		t.Fatalf("status without the token: %v\n%s", err, out)
+	}
 }

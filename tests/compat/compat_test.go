@@ -40,6 +40,7 @@ func startNode(t *testing.T, portmapAddr string) *node {
 	cfg := appliance.DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.NFS.Addr = "127.0.0.1:0"
+	cfg.Admin.Addr = "" // no admin API: test nodes must not share its port
 	cfg.NFS.PortmapAddr = portmapAddr
 	cfg.Chunks.Size = 64 << 10
 	ctx, cancel := context.WithCancel(context.Background())

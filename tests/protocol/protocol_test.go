@@ -34,6 +34,7 @@ func startNode(t *testing.T, dataDir string) *node {
 	cfg := appliance.DefaultConfig()
 	cfg.DataDir = dataDir
 	cfg.NFS.Addr = "127.0.0.1:0"
+	cfg.Admin.Addr = ""        // no admin API: test nodes must not share its port
 	cfg.Chunks.Size = 64 << 10 // small chunks so tests cross boundaries
 	ctx, cancel := context.WithCancel(context.Background())
 	n, err := appliance.Start(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))

@@ -39,29 +39,42 @@ func BuildBinary(ctx context.Context, dir string) (string, error) {
 // FreeAddr returns a loopback address with a port free right now.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
 // Process is a wormhole binary running as a child process.
 type Process struct {
-	Addr    string
-	DataDir string
-	cmd     *exec.Cmd
-	stderr  *syncBuffer
-	done    chan struct{}
-	waitErr error
+	Addr      string
+	AdminAddr string
+	DataDir   string
+	cmd       *exec.Cmd
+	stderr    *syncBuffer
+	done      chan struct{}
+	waitErr   error
 }
 
 // Start runs `wormhole serve` with the given data dir and address plus
 // extra arguments. It does not wait for the node to serve.
 func Start(bin, dataDir, addr string, extra ...string) (*Process, error) {
-	args := append([]string{"serve", "--data-dir", dataDir, "--nfs-addr", addr}, extra...)
-	p := &Process{Addr: addr, DataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"serve", "--data-dir", dataDir, "--nfs-addr", addr, "--admin-addr", admin}, extra...)
+	p := &Process{Addr: addr, AdminAddr: admin, DataDir: dataDir, stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr

@@ -1,0 +1,186 @@
+package appliance
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The admin API: status for people and scripts, and Prometheus metrics.
+// Every request needs the token kept in <data_dir>/admin.token
+// ("Authorization: Bearer <token>"); it listens only where admin.addr says
+// (loopback by default).
+
+// Status is what `wormhole status` reports, as JSON for scripts.
+type Status struct {
+	Version   string    `json:"version"`
+	ClusterID string    `json:"cluster_id"`
+	Started   time.Time `json:"started"`
+	NFSAddr   string    `json:"nfs_addr"`
+	DataDir   string    `json:"data_dir"`
+	Exports   int       `json:"exports"`
+	Capacity  Capacity  `json:"capacity"`
+	Inodes    uint64    `json:"inodes"`
+	// Situation is healthy, degraded or critical; Summary says what it
+	// means and Advice what to do, in plain words.
+	Situation string `json:"situation"`
+	Summary   string `json:"summary"`
+	Advice    string `json:"advice,omitempty"`
+}
+
+// Capacity is the chunk store's disk.
+type Capacity struct {
+	TotalBytes uint64 `json:"total_bytes"`
+	FreeBytes  uint64 `json:"free_bytes"`
+}
+
+// lowSpace is the free fraction under which status warns.
+const lowSpace = 0.05
+
+// Status gathers the node's status.
+func (n *Node) Status(ctx context.Context) (Status, error) {
+	st := Status{
+		Version: n.cfg.Version, ClusterID: n.cfg.ClusterID, Started: n.started,
+		NFSAddr: n.lis.Addr().String(), DataDir: n.cfg.DataDir, Exports: max(len(n.cfg.NFS.Exports), 1),
+	}
+	var err error
+	if st.Capacity.TotalBytes, st.Capacity.FreeBytes, err = n.store.Usage(); err != nil {
+		return st, fmt.Errorf("chunk store usage: %w", err)
+	}
+	if st.Inodes, err = n.ns.StatFS(ctx); err != nil {
+		return st, fmt.Errorf("namespace: %w", err)
+	}
+	st.Situation, st.Summary = "healthy", "single node: every chunk has its one copy on this node's disk, and its checksum is verified on every read."
+	if st.Capacity.TotalBytes > 0 && float64(st.Capacity.FreeBytes) < lowSpace*float64(st.Capacity.TotalBytes) {
+		st.Situation = "degraded"
+		st.Summary = fmt.Sprintf("the data disk is %.0f%% full: writes will fail with 'no space left' when it fills.",
+			100-100*float64(st.Capacity.FreeBytes)/float64(st.Capacity.TotalBytes))
+		st.Advice = "free space on " + n.cfg.DataDir + ", or move the data dir to a larger disk."
+	}
+	return st, nil
+}
+
+// adminHandler serves /v1/status and /metrics behind the token.
+func (n *Node) adminHandler(token string, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := n.Status(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+	})
+	gatherers := prometheus.Gatherers{reg, prometheus.DefaultGatherer} // etcd registers its own metrics globally
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{}))
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wormhole"`)
+			http.Error(w, "admin token required: send 'Authorization: Bearer <token from admin.token in the data dir>'", http.StatusUnauthorized)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// metrics registers the node's gauges in a registry of its own.
+func (n *Node) metrics() *prometheus.Registry {
+	// Go and process metrics come with prometheus.DefaultGatherer, which
+	// adminHandler serves beside this registry.
+	reg := prometheus.NewRegistry()
+	usage := func(free bool) func() float64 {
+		return func() float64 {
+			total, avail, err := n.store.Usage()
+			if err != nil {
+				return 0
+			}
+			if free {
+				return float64(avail)
+			}
+			return float64(total)
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wormhole_capacity_bytes", Help: "Size of the chunk store's disk."}, usage(false)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wormhole_free_bytes", Help: "Free space on the chunk store's disk."}, usage(true)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wormhole_inodes", Help: "Inodes in the namespace."}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			v, err := n.ns.StatFS(ctx)
+			if err != nil {
+				return 0
+			}
+			return float64(v)
+		}),
+	)
+	return reg
+}
+
+// listenAdmin binds the admin address, with a clear error when it is taken.
+func listenAdmin(addr string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("admin address %s is already in use: stop the other program or set admin.addr (or --admin-addr): %w", addr, err)
+		}
+		return nil, fmt.Errorf("admin address %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// loadAdminToken reads the admin token, creating it on first start.
+func loadAdminToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 32 {
+			return "", fmt.Errorf("admin token %s is too short: delete it to have a new one made", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("admin token %s: %w", path, err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw)
+	if err := writeFileSync(path+".tmp", []byte(tok+"\n")); err != nil {
+		return "", fmt.Errorf("admin token %s: %w", path, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return "", fmt.Errorf("admin token %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// serveAdmin serves the admin API on l until ctx ends.
+func (n *Node) serveAdmin(ctx context.Context, l net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wormhole-fs/wormhole/appliance"
+)
+
+func newStatusCmd() *cobra.Command {
+	var configPath string
+	var o appliance.Overrides
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the node's situation, capacity and what to do about problems",
+		Long: `Ask a running node for its status through its admin API. The address and
+the token come from the same config file and data dir the node runs with.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := appliance.LoadConfig(configPath, o)
+			if err != nil {
+				return err
+			}
+			if cfg.Admin.Addr == "" {
+				return errors.New("the admin API is disabled (admin.addr is empty): enable it to use status")
+			}
+			st, raw, err := fetchStatus(cmd, cfg)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				_, err = cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
+	cmd.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
+	cmd.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+func fetchStatus(cmd *cobra.Command, cfg appliance.Config) (appliance.Status, []byte, error) {
+	var st appliance.Status
+	tokPath := filepath.Join(cfg.DataDir, "admin.token")
+	tok, err := os.ReadFile(tokPath)
+	if err != nil {
+		return st, nil, fmt.Errorf("admin token: %w (run status as the node's user, with the node's --data-dir or --config)", err)
+	}
+	req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, "http://"+cfg.Admin.Addr+"/v1/status", nil)
+	if err != nil {
+		return st, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		return st, nil, fmt.Errorf("no node answers at %s: %w (is `wormhole serve` running with this config?)", cfg.Admin.Addr, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return st, nil, fmt.Errorf("status from %s: %w", cfg.Admin.Addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return st, nil, fmt.Errorf("status from %s: %s: %s", cfg.Admin.Addr, resp.Status, strings.TrimSpace(string(raw)))
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, nil, fmt.Errorf("status from %s: %w", cfg.Admin.Addr, err)
+	}
+	return st, raw, nil
+}
+
+func printStatus(w io.Writer, st appliance.Status) {
+	fmt.Fprintf(w, "Wormhole %s, cluster %q, up %s\n", st.Version, st.ClusterID, time.Since(st.Started).Round(time.Second))
+	fmt.Fprintf(w, "  Situation:  %s: %s\n", strings.ToUpper(st.Situation), st.Summary)
+	if st.Advice != "" {
+		fmt.Fprintf(w, "  To do:      %s\n", st.Advice)
+	}
+	fmt.Fprintf(w, "  NFS:        %s (%d export rule(s))\n", st.NFSAddr, st.Exports)
+	fmt.Fprintf(w, "  Capacity:   %s free of %s\n", bytesHuman(st.Capacity.FreeBytes), bytesHuman(st.Capacity.TotalBytes))
+	fmt.Fprintf(w, "  Files:      %d inodes\n", st.Inodes)
+	fmt.Fprintf(w, "  Data dir:   %s\n", st.DataDir)
+}
+
+// bytesHuman prints a byte count in binary units.
+func bytesHuman(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
