@@ -44,6 +44,8 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.ENAMETOOLONG
 	case errors.Is(err, meta.ErrTooManyLink):
 		return syscall.EMLINK
+	case errors.Is(err, chunk.ErrCorrupt):
+		return syscall.EIO // before the rest: a corrupt copy is never "not found"
 	case errors.Is(err, meta.ErrNoSpace), errors.Is(err, chunk.ErrNoSpace):
 		return syscall.ENOSPC
 	case errors.Is(err, errReadOnly):
@@ -61,7 +63,7 @@ func errnoOf(err error) syscall.Errno {
 	case errors.Is(err, context.DeadlineExceeded):
 		return syscall.EIO // the client retries; a later reply may succeed
 	}
-	return syscall.EIO // chunk.ErrCorrupt and anything unexpected
+	return syscall.EIO // chunk.ErrUnavailable and anything unexpected
 }
 
 // Errors of the front itself.

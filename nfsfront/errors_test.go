@@ -29,6 +29,7 @@ func TestErrorMapping(t *testing.T) {
 		{meta.ErrNoSpace, syscall.ENOSPC, nfs.NFSStatusNoSPC},
 		{chunk.ErrNoSpace, syscall.ENOSPC, nfs.NFSStatusNoSPC},
 		{chunk.ErrCorrupt, syscall.EIO, nfs.NFSStatusIO},
+		{chunk.ErrUnavailable, syscall.EIO, nfs.NFSStatusIO},
 		{errAccess, syscall.EACCES, nfs.NFSStatusAccess},
 		{errPerm, syscall.EPERM, nfs.NFSStatusPerm},
 		{errReadOnly, syscall.EROFS, nfs.NFSStatusROFS},

@@ -23,6 +23,9 @@ var (
 	ErrCorrupt = errors.New("chunk corrupt")
 	// ErrNoSpace means the chunk store's disk is full.
 	ErrNoSpace = errors.New("no space left for chunk")
+	// ErrUnavailable means too few chunk holders could be reached to
+	// store or find a chunk; it may succeed once nodes return.
+	ErrUnavailable = errors.New("not enough chunk holders available")
 )
 
 // IDSize is the length of a chunk ID in bytes.

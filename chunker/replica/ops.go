@@ -1,0 +1,319 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/chunker/placement"
+)
+
+// maxDeleteParallel bounds the concurrent per-node requests of one Delete.
+const maxDeleteParallel = 16
+
+// ErrSumMismatch means a node stored a chunk but reported a checksum other
+// than that of the data sent; that copy is not counted.
+var ErrSumMismatch = errors.New("node reported a wrong checksum")
+
+// putResult is the outcome of storing one copy.
+type putResult struct {
+	node string
+	err  error
+}
+
+// Put stores data as chunk id on Copies nodes and returns its BLAKE3-256
+// checksum. The targets are the best Copies alive nodes of the placement
+// ranking (placement.Place over all alive nodes with free space); the
+// copies are written in parallel, this node's through its Local store.
+// When a target fails, the next node of the ranking takes its place, until
+// Copies copies are stored or the ranking is exhausted. Put returns once
+// every write it started has finished:
+//
+//   - Copies stored: success.
+//   - at least MinCopies stored: success, and a ReasonUnderReplicated
+//     report.
+//   - fewer: the stored copies are deleted (best effort) and the error
+//     wraps ErrNotEnoughNodes, and also chunk.ErrNoSpace when every node
+//     that failed was full, or the context's error when it ended.
+//
+// Put does not keep data after it returns.
+func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error) {
+	sum := chunk.Sum(blake3.Sum256(data))
+	self, cands, full := s.candidates()
+	ranking := placement.Place(id[:], len(cands), cands)
+	if len(ranking) < s.cfg.MinCopies {
+		err := fmt.Errorf("put chunk %s: %d of %d nodes alive with free space, %d copies needed: %w",
+			id, len(ranking), len(s.members.Nodes()), s.cfg.MinCopies, ErrNotEnoughNodes)
+		if len(ranking)+len(full) >= s.cfg.MinCopies {
+			err = fmt.Errorf("%w: %w", err, chunk.ErrNoSpace)
+		}
+		return chunk.Sum{}, err
+	}
+
+	results := make(chan putResult, len(ranking))
+	var wg sync.WaitGroup
+	defer wg.Wait() // every write has finished before Put returns
+	next := 0       // next node of ranking to try
+	start := func() {
+		node := ranking[next]
+		next++
+		wg.Go(func() {
+			results <- putResult{node: node, err: s.putOne(ctx, self, node, id, data, sum)}
+		})
+	}
+	for next < min(s.cfg.Copies, len(ranking)) {
+		start()
+	}
+	var (
+		stored   []string
+		failed   []string
+		errs     []error
+		inFlight = next
+	)
+	for inFlight > 0 {
+		r := <-results
+		inFlight--
+		if r.err == nil {
+			stored = append(stored, r.node)
+			continue
+		}
+		failed = append(failed, r.node)
+		errs = append(errs, r.err)
+		s.log.Warn().Err(r.err).Str("chunk", id.String()).Str("node", r.node).Msg("store chunk copy")
+		if next < len(ranking) && ctx.Err() == nil {
+			start() // fail over to the next node of the ranking
+			inFlight++
+		}
+	}
+
+	switch {
+	case len(stored) >= s.cfg.Copies:
+		return sum, nil
+	case len(stored) >= s.cfg.MinCopies:
+		s.log.Warn().Str("chunk", id.String()).Int("copies", len(stored)).Int("want", s.cfg.Copies).
+			Strs("failed", failed).Msg("chunk stored under-replicated")
+		s.report(RepairReport{ID: id, Reason: ReasonUnderReplicated, Good: stored})
+		return sum, nil
+	}
+
+	// Too few copies: remove the ones stored, and any a failed node may
+	// have stored before its reply was lost.
+	s.deleteFrom(ctx, self, id, slices.Concat(stored, failed))
+	err := fmt.Errorf("put chunk %s: %d of %d copies stored, %d needed (%d nodes tried): %w: %s",
+		id, len(stored), s.cfg.Copies, s.cfg.MinCopies, next, ErrNotEnoughNodes, joinErrs(failed, errs))
+	if cerr := ctx.Err(); cerr != nil {
+		return chunk.Sum{}, fmt.Errorf("%w: %w", err, cerr)
+	}
+	allFull := len(errs) > 0
+	for _, e := range errs {
+		allFull = allFull && errors.Is(e, chunk.ErrNoSpace)
+	}
+	if allFull {
+		return chunk.Sum{}, fmt.Errorf("%w: %w", err, chunk.ErrNoSpace)
+	}
+	return chunk.Sum{}, err
+}
+
+// putOne stores one copy on node. Its error does not name the node.
+func (s *Store) putOne(ctx context.Context, self, node string, id chunk.ID, data []byte, want chunk.Sum) error {
+	ctx, cancel := s.opContext(ctx)
+	defer cancel()
+	var (
+		got chunk.Sum
+		err error
+	)
+	if node == self {
+		got, err = s.self.Put(ctx, id, data)
+	} else {
+		var r Remote
+		if r, err = s.dialer.Remote(node); err == nil {
+			got, err = r.Put(ctx, id, data)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("put chunk %s: stored sum %x, data has %x: %w", id, got, want, ErrSumMismatch)
+	}
+	return nil
+}
+
+// deleteFrom deletes chunk id from nodes, best effort, with a context that
+// outlives ctx's cancellation: it cleans up after a failed Put.
+func (s *Store) deleteFrom(ctx context.Context, self string, id chunk.ID, nodes []string) {
+	ctx = context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
+	for _, node := range nodes {
+		wg.Go(func() {
+			if err := s.deleteOne(ctx, self, node, id); err != nil {
+				s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).
+					Msg("remove copy of failed put; it stays as an orphan")
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// deleteOne deletes chunk id from node; a missing chunk is not an error.
+func (s *Store) deleteOne(ctx context.Context, self, node string, id chunk.ID) error {
+	ctx, cancel := s.opContext(ctx)
+	defer cancel()
+	var err error
+	if node == self {
+		err = s.self.Delete(ctx, id)
+	} else {
+		var r Remote
+		if r, err = s.dialer.Remote(node); err == nil {
+			err = r.Delete(ctx, id)
+		}
+	}
+	if err != nil && !errors.Is(err, chunk.ErrNotFound) {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	return nil
+}
+
+// getOne fetches chunk id from node. Its error does not name the node.
+func (s *Store) getOne(ctx context.Context, self, node string, id chunk.ID) ([]byte, error) {
+	ctx, cancel := s.opContext(ctx)
+	defer cancel()
+	if node == self {
+		return s.self.Get(ctx, id)
+	}
+	r, err := s.dialer.Remote(node)
+	if err != nil {
+		return nil, err
+	}
+	return r.Get(ctx, id)
+}
+
+// Get returns the verified data of chunk id. It tries this node's Local
+// store first, then every other alive node in placement order (first the
+// chunk's placement targets, then the rest of the ranking, since copies
+// may sit on failover nodes or on nodes that held the chunk before others
+// joined), and returns the first copy that verifies. Nodes are tried one at
+// a time, each bounded by Timeout.
+//
+// A corrupt copy on any node, and a missing copy on a placement target,
+// are reported (ReasonCorrupt, ReasonMissing) once the search ends. When no
+// copy is found the error wraps chunk.ErrCorrupt if some copy was corrupt;
+// otherwise chunk.ErrNotFound, together with ErrNotEnoughNodes when some
+// node that might hold the chunk was down or could not be asked; or the
+// context's error when it ended.
+func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
+	order, targets, selfTarget, down := s.readOrder(id)
+	self := order[0]
+	var (
+		reports     []RepairReport
+		failedNodes []string
+		errs        []error
+		corrupt     bool
+		unreachable = down
+		data        []byte
+		from        string
+	)
+	for _, node := range order {
+		if ctx.Err() != nil {
+			break
+		}
+		d, err := s.getOne(ctx, self, node, id)
+		if err == nil {
+			data, from = d, node
+			break
+		}
+		switch {
+		case errors.Is(err, chunk.ErrCorrupt):
+			corrupt = true
+			reports = append(reports, RepairReport{ID: id, Reason: ReasonCorrupt, Node: node})
+			s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).Msg("corrupt chunk copy; trying another")
+		case errors.Is(err, chunk.ErrNotFound):
+			if slices.Contains(targets, node) {
+				reports = append(reports, RepairReport{ID: id, Reason: ReasonMissing, Node: node})
+			}
+			if node == self && !selfTarget {
+				continue // not expected here; not worth naming in errors
+			}
+		case ctx.Err() == nil:
+			unreachable++
+			s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).Msg("read chunk copy")
+		}
+		failedNodes = append(failedNodes, node)
+		errs = append(errs, err)
+	}
+
+	var good []string
+	if from != "" {
+		good = []string{from}
+	}
+	for _, r := range reports {
+		r.Good = good
+		s.report(r)
+	}
+	if from != "" {
+		return data, nil
+	}
+
+	detail := joinErrs(failedNodes, errs)
+	switch {
+	case corrupt:
+		return nil, fmt.Errorf("get chunk %s: no verified copy: %w: %s", id, chunk.ErrCorrupt, detail)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("get chunk %s: %w: %s", id, ctx.Err(), detail)
+	case unreachable > 0:
+		return nil, fmt.Errorf("get chunk %s: %w, and %d possible holders down or unreachable: %w: %s",
+			id, chunk.ErrNotFound, unreachable, ErrNotEnoughNodes, detail)
+	}
+	return nil, fmt.Errorf("get chunk %s: %w on any of %d nodes", id, chunk.ErrNotFound, len(order))
+}
+
+// Delete removes chunk id from this node and from every alive node, in
+// parallel; a missing chunk is not an error, so Delete is idempotent. The
+// errors of the nodes that failed are joined. Copies on nodes that are down
+// stay behind as orphans for the scrubber.
+func (s *Store) Delete(ctx context.Context, id chunk.ID) error {
+	order, _, _, _ := s.readOrder(id)
+	self := order[0]
+	errs := make([]error, len(order))
+	sem := make(chan struct{}, maxDeleteParallel)
+	var wg sync.WaitGroup
+	for i, node := range order {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("node %s: %w", node, ctx.Err())
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = s.deleteOne(ctx, self, node, id)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// joinErrs formats the errors of nodes (errs[i] of nodes[i]) on one line.
+func joinErrs(nodes []string, errs []error) string {
+	if len(errs) == 0 {
+		return "no node answered"
+	}
+	var b strings.Builder
+	for i, err := range errs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "node %s: ", nodes[i])
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
