@@ -42,3 +42,21 @@ deps:
 
 clean:
 	rm -rf bin build
+
+# Benchmark against nfs-ganesha on this machine (tests/bench). bench-deps
+# installs the Debian packages the comparison needs when they are missing
+# (root): nfs-ganesha and its VFS FSAL (the reference server) and rpcbind
+# (which ganesha registers with).
+.PHONY: bench-deps bench-compare
+BENCH_DEPS := nfs-ganesha nfs-ganesha-vfs rpcbind
+
+bench-deps:
+	@missing=; for p in $(BENCH_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
+# Wormhole and nfs-ganesha alternately, plus local disk, with the same
+# client; BENCH_ARGS passes options (e.g. BENCH_ARGS='--size 64MiB --rounds 3').
+BENCH_ARGS ?=
+bench-compare: bench-deps build
+	tests/bench/compare.sh $(BENCH_ARGS)

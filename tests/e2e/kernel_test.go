@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +58,48 @@ func TestKernelClient(t *testing.T) {
 	}
 	if res.UmountExit != 0 {
 		t.Errorf("umount failed with status %d: %s", res.UmountExit, res.UmountOutput)
+	}
+}
+
+// TestKernelPlainMount mounts with no port options: the guest kernel asks
+// the node's portmapper (port 111) where NFS and MOUNT are, as a plain
+// `mount -t nfs node:/ /mnt` does. It needs root and the standard ports
+// free on this machine.
+func TestKernelPlainMount(t *testing.T) {
+	bin := os.Getenv("WH_BIN")
+	if bin == "" {
+		t.Skip("WH_BIN is unset: point it at a built wormhole binary")
+	}
+	for _, addr := range []string{"127.0.0.1:111", "127.0.0.1:2049"} {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			// Another portmapper (rpcbind) or NFS server owns the port on
+			// this machine: not a failure of ours, so skip even in CI.
+			t.Skipf("%s is not free (%v): the plain-mount test needs the standard ports", addr, err)
+		}
+		l.Close()
+	}
+	cfg := filepath.Join(t.TempDir(), "wormhole.yaml")
+	if err := os.WriteFile(cfg, []byte("nfs:\n  portmap_addr: 127.0.0.1:111\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := testnode.Start(bin, t.TempDir(), "127.0.0.1:2049", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Kill9()
+		if t.Failed() {
+			t.Logf("--- wormhole log (tail) ---\n%s", tail(p.Output(), 40))
+		}
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := runGuest(t, Options{MountOptions: "vers=3,nolock", TestRun: "TestSmoke|TestCreateWriteRead", Timeout: 5 * time.Minute})
+	if res.TestExit != 0 {
+		t.Fatalf("guest tests failed over a plain mount:\n%s", tail(res.TestOutput, 40))
 	}
 }
