@@ -57,19 +57,8 @@ func (f *fsys) parseToken(c string) (meta.Ino, bool) {
 	return meta.Ino(n), true
 }
 
-// pathFor is the go-nfs path for an inode: empty for the root, the parent
-// and the directory for a directory (so that go-nfs's ".." handling, which
-// drops the last component, lands on the parent), the inode alone otherwise.
-func (f *fsys) pathFor(a meta.Attr) []string {
-	switch {
-	case a.Ino == meta.RootIno:
-		return []string{}
-	case a.Type == meta.TypeDir:
-		return []string{f.token(a.Parent), f.token(a.Ino)}
-	default:
-		return []string{f.token(a.Ino)}
-	}
-}
+// pathFor is the go-nfs path for an inode: its token alone.
+func (f *fsys) pathFor(a meta.Attr) []string { return []string{f.token(a.Ino)} }
 
 func (f *fsys) opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.ctx, f.opTimeout)
