@@ -31,7 +31,8 @@ e2e: build
 fuzz:
 	$(GO) test ./nfsfront -run '^$$' -fuzz FuzzHandleDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./nfsfront -run '^$$' -fuzz FuzzParseCall -fuzztime $(FUZZTIME)
-	$(GO) test ./chunker -run '^$$' -fuzz FuzzDecodeChunk -fuzztime $(FUZZTIME)
+	$(GO) test ./chunker -run '^$$' -fuzz FuzzDecodeChunk -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./chunker -run '^$$' -fuzz FuzzReadRange -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
 	$(GO) test ./etcdmeta -run '^$$' -fuzz FuzzDecodeInode -fuzztime $(FUZZTIME)
 	$(GO) test ./cluster -run '^$$' -fuzz FuzzMetaDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./cluster/pki -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)

@@ -1,7 +1,9 @@
 // Package chunker stores file bytes: it splits file byte ranges into
 // fixed-size chunks (Files) and keeps chunks as checksummed files on local
 // disk (LocalStore). Replication, placement and repair will build on the
-// Blobs interface that LocalStore implements.
+// Blobs interface that LocalStore implements; a Blobs that also implements
+// RangeGetter (LocalStore, replica.Store) serves partial-chunk reads
+// without fetching the whole chunk.
 //
 // It imports chunker/chunk (IDs, references, sentinel errors) and the
 // namespace contract etcdmeta/meta; never nfsfront or the etcdmeta root.
@@ -31,9 +33,43 @@
 // renames it into place and fsyncs the subdirectory. All access goes
 // through an os.Root confined to the directory.
 //
-// # Chunk file format (version 1)
+// # Chunk file format
 //
-// A 60-byte header, then the data. Integers are little endian.
+// Put writes version 2; files of version 1 (written before block sums
+// existed) are still read. Integers are little endian; sums are BLAKE3-256.
+//
+// Version 2: a 92-byte fixed header, a table of k = ceil(n/65536) block
+// sums, then the data. Block i is data bytes [i*65536, min((i+1)*65536, n));
+// the last block may be short, and an empty chunk has no blocks.
+//
+//	offset   size field
+//	     0      4 magic "WHC1"
+//	     4      1 format version, 2
+//	     5      1 log2 of the block size, 16 (64 KiB blocks)
+//	     6      2 reserved, zero
+//	     8      4 data length n in bytes (uint32)
+//	    12     16 chunk ID (must match the file name)
+//	    28     32 sum of the whole data (chunk.Sum, as in version 1)
+//	    60     32 header sum: sum of bytes [0, 60) followed by the table
+//	    92   32*k table: sum of block 0, block 1, ... block k-1
+//	 92+32k     n data
+//
+// The whole-data sum is what Put returns and chunk maps and the peer
+// protocol carry; the block sums let a range read verify only the blocks it
+// overlaps; the header sum protects the fixed header and the table, so a
+// damaged table cannot vouch for wrong bytes. Put computes the whole-data
+// and block sums in one pass over the data.
+//
+// Get checks the magic, version, block size, reserved bytes, that the
+// file is exactly 92+32k+n bytes, the ID, the header sum, every block sum
+// and the whole-data sum. GetRange checks the same header fields, the file
+// size and the header sum, then reads (pread) and checks only the blocks
+// that overlap the range. Any mismatch is reported as chunk.ErrCorrupt
+// (naming the bad block when it is one) and no byte of the range is
+// returned. A range read does not notice damage in blocks it does not read;
+// Get (and so a scrub) does.
+//
+// Version 1: a 60-byte header, then the data.
 //
 //	offset size field
 //	     0    4 magic "WHC1"
@@ -41,10 +77,11 @@
 //	     5    3 reserved, zero
 //	     8    4 data length n in bytes (uint32)
 //	    12   16 chunk ID (must match the file name)
-//	    28   32 BLAKE3-256 of the data
+//	    28   32 sum of the data
 //	    60    n data
 //
-// Every read checks the magic, version, reserved bytes, that the file is
-// exactly 60+n bytes, the ID and the checksum; any mismatch is reported as
-// chunk.ErrCorrupt and no byte of the chunk is returned.
+// Every read of a version 1 file, whole or range, reads and checks all of
+// it: the magic, version, reserved bytes, that the file is exactly 60+n
+// bytes, the ID and the checksum. Version 1 files are not rewritten; they
+// go away as the chunks they hold are replaced.
 package chunker

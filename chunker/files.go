@@ -49,7 +49,22 @@ type Blobs interface {
 	Delete(ctx context.Context, id chunk.ID) error
 }
 
-var _ Blobs = (*LocalStore)(nil)
+// RangeGetter is implemented by Blobs that can read part of a chunk
+// without fetching and verifying all of it; LocalStore does. Files uses it,
+// when its Blobs offers it, for reads that cover only part of a chunk.
+type RangeGetter interface {
+	// GetRange returns bytes [off, off+n) of chunk id, clamped to the
+	// chunk's length (so fewer than n bytes, possibly none, when the range
+	// passes the end). Every byte returned is verified, as by Get; errors
+	// wrap chunk.ErrNotFound and chunk.ErrCorrupt as Get's do. off and n
+	// must not be negative. The caller may modify the returned slice.
+	GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error)
+}
+
+var (
+	_ Blobs       = (*LocalStore)(nil)
+	_ RangeGetter = (*LocalStore)(nil)
+)
 
 // Files maps byte ranges of files onto fixed-size chunks: reads fetch the
 // chunks a range covers, writes store new chunks and commit them to the
@@ -110,7 +125,9 @@ func (f *Files) lock(ctx context.Context, ino meta.Ino) (func(), error) {
 // reaches size, the file size the caller has from the attributes. Holes, and
 // bytes past a chunk's length within the file, read as zeros. Chunks are
 // verified by the chunk store; a corrupt chunk fails the read with an error
-// wrapping chunk.ErrCorrupt.
+// wrapping chunk.ErrCorrupt. When the chunk store is a RangeGetter, a read
+// of part of a chunk fetches (and verifies) only that part, so its cost
+// follows len(p), not the chunk size.
 func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
@@ -160,6 +177,19 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 		hi := min(end, cStart+uint64(ref.Len))
 		if lo >= hi {
 			continue // the wanted part lies past the chunk's data: zeros
+		}
+		if rg, ok := f.blobs.(RangeGetter); ok && (lo != cStart || hi != cStart+uint64(ref.Len)) {
+			// Part of the chunk: read and verify only that part.
+			data, err := rg.GetRange(ctx, ref.ID, int64(lo-cStart), int64(hi-lo))
+			if err != nil {
+				return fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
+			}
+			if uint64(len(data)) != hi-lo {
+				return fmt.Errorf("inode %d chunk %d: chunk %s ends before byte %d, chunk map says it has %d: %w",
+					ino, ref.Index, ref.ID, hi-cStart, ref.Len, chunk.ErrCorrupt)
+			}
+			copy(p[lo-start:hi-start], data)
+			continue
 		}
 		data, err := f.getChunk(ctx, ino, ref)
 		if err != nil {

@@ -133,11 +133,36 @@ func readAll(t *testing.T, f *Files, ino meta.Ino, size uint64) []byte {
 	return p[:n]
 }
 
+// TestFilesModel runs random writes, truncates and reads against an
+// in-memory model: with chunks smaller than a verification block, with
+// chunks of several blocks (so partial reads verify some blocks of a
+// chunk), and over a store that offers no range reads.
 func TestFilesModel(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		chunkSize int
+		noRange   bool
+	}{
+		{"small chunks", testChunkSize, false},
+		{"multi-block chunks", 2*BlockSize + 1000, false},
+		{"small chunks, no range reads", testChunkSize, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openTestStore(t)
+			var blobs Blobs = s
+			if tt.noRange {
+				blobs = struct{ Blobs }{s} // hides GetRange
+			}
+			ns := newFakeNS()
+			testFilesModel(t, NewFiles(ns, blobs, tt.chunkSize, testLogger(t)), ns, s, tt.chunkSize)
+		})
+	}
+}
+
+func testFilesModel(t *testing.T, f *Files, ns *fakeNS, s *LocalStore, testChunkSize int) {
 	ctx := t.Context()
-	f, ns, s := newTestFiles(t)
 	const ino = meta.Ino(7)
-	const maxSize = 6*testChunkSize + 123
+	maxSize := 6*testChunkSize + 123
 	rng := rand.New(rand.NewPCG(1, 2))
 	var model []byte
 	for op := range 400 {
@@ -419,7 +444,7 @@ func TestFilesReadCorruptChunk(t *testing.T) {
 	refs, _ := ns.Chunks(ctx, ino, 0, 0)
 	path := s.Path(refs[0].ID)
 	b := readFile(t, path)
-	b[headerSize] ^= 1
+	b[dataOffset(8)] ^= 1 // first data byte
 	writeFile(t, path, b)
 	p := make([]byte, 8)
 	if n, err := f.ReadAt(ctx, ino, 8, p, 0); !errors.Is(err, chunk.ErrCorrupt) || n != 0 {

@@ -2,32 +2,50 @@ package chunker
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"syscall"
 
 	"github.com/zeebo/blake3"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 )
 
-// On-disk chunk file format, version 1. All integers are little endian.
-//
-//	offset size field
-//	     0    4 magic "WHC1"
-//	     4    1 format version (1)
-//	     5    3 reserved, zero
-//	     8    4 data length in bytes (uint32)
-//	    12   16 chunk ID the file holds
-//	    28   32 BLAKE3-256 sum of the data
-//	    60    n data
+// On-disk chunk file formats; the package documentation describes both.
+// All integers are little endian. Version 2 is written; version 1 files
+// (written before block sums existed) are still read.
 const (
-	chunkMagic    = "WHC1"
-	formatVersion = 1
-	headerSize    = 60
+	chunkMagic = "WHC1"
+	formatV1   = 1
+	formatV2   = 2
+
+	// headerSizeV1 is the size of a version 1 header; the data follows.
+	headerSizeV1 = 60
+	// headerSizeV2 is the size of the fixed part of a version 2 header;
+	// the block-sum table follows, then the data.
+	headerSizeV2 = 92
+
+	// blockShift is log2 of BlockSize; version 2 headers record it.
+	blockShift = 16
+	// BlockSize is the unit of verification of a version 2 chunk file:
+	// each BlockSize bytes of data (the last block may be shorter) have
+	// their own BLAKE3-256 sum, so a range read verifies only the blocks
+	// it overlaps.
+	BlockSize = 1 << blockShift
 
 	// MaxChunkLen is the largest chunk a LocalStore accepts: the header
 	// stores the data length as a uint32.
 	MaxChunkLen = math.MaxUint32
+
+	// maxFileSize is the size of the largest valid chunk file.
+	maxFileSize = headerSizeV2 + (MaxChunkLen+BlockSize-1)/BlockSize*chunk.SumSize + MaxChunkLen
+
+	// prefixRead is how many bytes a range read fetches first: the fixed
+	// header and, for chunks up to 125 blocks (8000000 bytes of data),
+	// the whole block-sum table.
+	prefixRead = 4096
 )
 
 // sumOf returns the BLAKE3-256 checksum of data.
@@ -35,46 +53,275 @@ func sumOf(data []byte) chunk.Sum {
 	return chunk.Sum(blake3.Sum256(data))
 }
 
-// encodeHeader returns the header of the chunk file holding data as chunk
-// id, and the data's checksum. len(data) must not exceed MaxChunkLen.
-func encodeHeader(id chunk.ID, data []byte) ([headerSize]byte, chunk.Sum) {
-	var h [headerSize]byte
-	sum := sumOf(data)
+// numBlocks returns the number of blocks of n bytes of data.
+func numBlocks(n int64) int64 { return (n + BlockSize - 1) / BlockSize }
+
+// block returns block i of data.
+func block(data []byte, i int64) []byte {
+	return data[i*BlockSize : min((i+1)*BlockSize, int64(len(data)))]
+}
+
+// encodeHeader returns the version 2 header (fixed part and block-sum
+// table) of the chunk file holding data as chunk id, and the data's
+// checksum. The data is read once: each block feeds the whole-chunk hash
+// and its own block hash while it is in cache. len(data) must not exceed
+// MaxChunkLen.
+func encodeHeader(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
+	nb := numBlocks(int64(len(data)))
+	h := make([]byte, headerSizeV2+nb*chunk.SumSize)
+	whole := blake3.New()
+	for i := range nb {
+		b := block(data, i)
+		_, _ = whole.Write(b) // never fails
+		s := blake3.Sum256(b)
+		copy(h[headerSizeV2+i*chunk.SumSize:], s[:])
+	}
+	var sum chunk.Sum
+	whole.Sum(sum[:0])
 	copy(h[0:4], chunkMagic)
-	h[4] = formatVersion
+	h[4] = formatV2
+	h[5] = blockShift
 	binary.LittleEndian.PutUint32(h[8:12], uint32(len(data)))
 	copy(h[12:28], id[:])
 	copy(h[28:60], sum[:])
+	hs := headerSum(h)
+	copy(h[60:92], hs[:])
 	return h, sum
 }
 
-// decodeChunk checks that b is a complete, well-formed chunk file for chunk
-// id and returns its data (a sub-slice of b) and checksum. Every failure
-// wraps chunk.ErrCorrupt; no data is returned with an error.
-func decodeChunk(id chunk.ID, b []byte) ([]byte, chunk.Sum, error) {
-	if len(b) < headerSize {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: file is %d bytes, shorter than the %d-byte header", chunk.ErrCorrupt, len(b), headerSize)
+// headerSum returns the sum that protects a version 2 header: BLAKE3-256 of
+// its bytes [0, 60) followed by its block-sum table. h is the header,
+// fixed part and table.
+func headerSum(h []byte) chunk.Sum {
+	d := blake3.New()
+	_, _ = d.Write(h[:60])
+	_, _ = d.Write(h[headerSizeV2:])
+	var s chunk.Sum
+	d.Sum(s[:0])
+	return s
+}
+
+// header is a parsed chunk file header.
+type header struct {
+	version byte
+	n       int64     // data length
+	sum     chunk.Sum // whole-chunk checksum
+	dataOff int64     // file offset of the data
+	// table is the version 2 block-sum table, chunk.SumSize bytes per
+	// block, once checkTable has verified it.
+	table []byte
+}
+
+// parseFixed checks the fixed part of the header at the start of b, which
+// may hold more of the file, for chunk id. For version 2 it does not read
+// or verify the block-sum table (see checkTable). Every failure wraps
+// chunk.ErrCorrupt.
+func parseFixed(id chunk.ID, b []byte) (header, error) {
+	if len(b) < 8 {
+		return header{}, fmt.Errorf("%w: file is %d bytes, shorter than any header", chunk.ErrCorrupt, len(b))
 	}
 	if string(b[0:4]) != chunkMagic {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: bad magic %q", chunk.ErrCorrupt, b[0:4])
+		return header{}, fmt.Errorf("%w: bad magic %q", chunk.ErrCorrupt, b[0:4])
 	}
-	if b[4] != formatVersion {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: unsupported format version %d", chunk.ErrCorrupt, b[4])
+	h := header{version: b[4]}
+	size := 0
+	switch h.version {
+	case formatV1:
+		size = headerSizeV1
+		if b[5] != 0 || b[6] != 0 || b[7] != 0 {
+			return header{}, fmt.Errorf("%w: reserved header bytes not zero", chunk.ErrCorrupt)
+		}
+	case formatV2:
+		size = headerSizeV2
+		if b[5] != blockShift {
+			return header{}, fmt.Errorf("%w: block size 2^%d, want 2^%d", chunk.ErrCorrupt, b[5], blockShift)
+		}
+		if b[6] != 0 || b[7] != 0 {
+			return header{}, fmt.Errorf("%w: reserved header bytes not zero", chunk.ErrCorrupt)
+		}
+	default:
+		return header{}, fmt.Errorf("%w: unsupported format version %d", chunk.ErrCorrupt, h.version)
 	}
-	if b[5] != 0 || b[6] != 0 || b[7] != 0 {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: reserved header bytes not zero", chunk.ErrCorrupt)
-	}
-	n := uint64(binary.LittleEndian.Uint32(b[8:12]))
-	if got := uint64(len(b) - headerSize); got != n {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: header says %d data bytes, file has %d", chunk.ErrCorrupt, n, got)
+	if len(b) < size {
+		return header{}, fmt.Errorf("%w: file is %d bytes, shorter than the %d-byte version %d header",
+			chunk.ErrCorrupt, len(b), size, h.version)
 	}
 	if chunk.ID(b[12:28]) != id {
-		return nil, chunk.Sum{}, fmt.Errorf("%w: file holds chunk %s", chunk.ErrCorrupt, chunk.ID(b[12:28]))
+		return header{}, fmt.Errorf("%w: file holds chunk %s", chunk.ErrCorrupt, chunk.ID(b[12:28]))
 	}
-	want := chunk.Sum(b[28:60])
-	data := b[headerSize:]
-	if sumOf(data) != want {
+	h.n = int64(binary.LittleEndian.Uint32(b[8:12]))
+	h.sum = chunk.Sum(b[28:60])
+	h.dataOff = int64(size)
+	if h.version == formatV2 {
+		h.dataOff += numBlocks(h.n) * chunk.SumSize
+	}
+	return h, nil
+}
+
+// checkFileSize checks that a file of size bytes has exactly the header and
+// data that h describes.
+func (h *header) checkFileSize(size int64) error {
+	if size != h.dataOff+h.n {
+		return fmt.Errorf("%w: header says %d data bytes, file has %d", chunk.ErrCorrupt, h.n, size-h.dataOff)
+	}
+	return nil
+}
+
+// checkTable verifies a version 2 header: meta holds the file's first
+// h.dataOff bytes (fixed header and block-sum table), whose header sum must
+// match. On success h keeps the table.
+func (h *header) checkTable(meta []byte) error {
+	if int64(len(meta)) != h.dataOff {
+		return fmt.Errorf("%w: block-sum table incomplete", chunk.ErrCorrupt)
+	}
+	if headerSum(meta) != chunk.Sum(meta[60:92]) {
+		return fmt.Errorf("%w: header checksum mismatch (fixed header or block-sum table)", chunk.ErrCorrupt)
+	}
+	h.table = meta[headerSizeV2:]
+	return nil
+}
+
+// checkBlocks verifies data, which holds whole blocks first, first+1, ...
+// of a version 2 chunk (the last possibly the chunk's short final block),
+// against the verified block-sum table. The error names the first bad
+// block.
+func (h *header) checkBlocks(first int64, data []byte) error {
+	for i := range numBlocks(int64(len(data))) {
+		b := block(data, i)
+		if idx := first + i; blake3.Sum256(b) != chunk.Sum(h.table[idx*chunk.SumSize:(idx+1)*chunk.SumSize]) {
+			return fmt.Errorf("%w: block %d (data bytes [%d, %d)) checksum mismatch",
+				chunk.ErrCorrupt, idx, idx*BlockSize, idx*BlockSize+int64(len(b)))
+		}
+	}
+	return nil
+}
+
+// decodeChunk checks that b is a complete, well-formed chunk file (either
+// version) for chunk id and returns its data (a sub-slice of b) and
+// checksum. Everything is verified: for version 2 the header sum, every
+// block sum and the whole-chunk sum. Every failure wraps chunk.ErrCorrupt;
+// no data is returned with an error.
+func decodeChunk(id chunk.ID, b []byte) ([]byte, chunk.Sum, error) {
+	h, err := parseFixed(id, b)
+	if err != nil {
+		return nil, chunk.Sum{}, err
+	}
+	if err := h.checkFileSize(int64(len(b))); err != nil {
+		return nil, chunk.Sum{}, err
+	}
+	data := b[h.dataOff:]
+	if h.version == formatV1 {
+		if sumOf(data) != h.sum {
+			return nil, chunk.Sum{}, fmt.Errorf("%w: checksum mismatch", chunk.ErrCorrupt)
+		}
+		return data, h.sum, nil
+	}
+	if err := h.checkTable(b[:h.dataOff]); err != nil {
+		return nil, chunk.Sum{}, err
+	}
+	// One pass: each block is hashed on its own and into the whole-chunk
+	// sum while it is in cache.
+	whole := blake3.New()
+	for i := range numBlocks(h.n) {
+		blk := block(data, i)
+		if err := h.checkBlocks(i, blk); err != nil {
+			return nil, chunk.Sum{}, err
+		}
+		_, _ = whole.Write(blk)
+	}
+	var got chunk.Sum
+	whole.Sum(got[:0])
+	if got != h.sum {
 		return nil, chunk.Sum{}, fmt.Errorf("%w: checksum mismatch", chunk.ErrCorrupt)
 	}
-	return data, want, nil
+	return data, h.sum, nil
+}
+
+// readRange returns bytes [off, off+n) of the data of chunk id, clamped to
+// the data's length, from the chunk file r of size bytes. For a version 2
+// file it reads the header and block-sum table, verifies the header sum,
+// reads only the blocks that overlap the range and verifies each. A version
+// 1 file has one checksum over all the data, so it is read and verified
+// whole. Corruption, a malformed file, a file that ends early and EIO wrap
+// chunk.ErrCorrupt; no byte is returned with an error. off and n must not be
+// negative.
+func readRange(r io.ReaderAt, size int64, id chunk.ID, off, n int64) ([]byte, error) {
+	if size > maxFileSize {
+		return nil, fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, size)
+	}
+	pre := make([]byte, min(size, prefixRead))
+	if err := preadFull(r, pre, 0); err != nil {
+		return nil, err
+	}
+	h, err := parseFixed(id, pre)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.checkFileSize(size); err != nil {
+		return nil, err
+	}
+	if h.version == formatV1 {
+		b := make([]byte, size)
+		copy(b, pre)
+		if err := preadFull(r, b[len(pre):], int64(len(pre))); err != nil {
+			return nil, err
+		}
+		data, _, err := decodeChunk(id, b)
+		if err != nil {
+			return nil, err
+		}
+		lo, hi := clampRange(off, n, h.n)
+		return data[lo:hi:hi], nil
+	}
+	var meta []byte
+	if h.dataOff <= int64(len(pre)) {
+		meta = pre[:h.dataOff]
+	} else {
+		meta = make([]byte, h.dataOff)
+		copy(meta, pre)
+		if err := preadFull(r, meta[len(pre):], int64(len(pre))); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.checkTable(meta); err != nil {
+		return nil, err
+	}
+	lo, hi := clampRange(off, n, h.n)
+	if lo == hi {
+		return []byte{}, nil
+	}
+	first, last := lo/BlockSize, (hi-1)/BlockSize
+	bStart, bEnd := first*BlockSize, min((last+1)*BlockSize, h.n)
+	buf := make([]byte, bEnd-bStart)
+	if err := preadFull(r, buf, h.dataOff+bStart); err != nil {
+		return nil, err
+	}
+	if err := h.checkBlocks(first, buf); err != nil {
+		return nil, err
+	}
+	return buf[lo-bStart : hi-bStart : hi-bStart], nil
+}
+
+// clampRange returns the part [lo, hi) of [off, off+n) within data of
+// length size; off and n are not negative.
+func clampRange(off, n, size int64) (lo, hi int64) {
+	lo = min(off, size)
+	return lo, lo + min(n, size-lo)
+}
+
+// preadFull reads len(p) bytes of r at off. A file that ends early and EIO
+// wrap chunk.ErrCorrupt.
+func preadFull(r io.ReaderAt, p []byte, off int64) error {
+	k, err := r.ReadAt(p, off)
+	switch {
+	case k == len(p):
+		return nil
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: file ends at %d bytes, before the end of its header or data", chunk.ErrCorrupt, off+int64(k))
+	case errors.Is(err, syscall.EIO):
+		return fmt.Errorf("%w: %w", chunk.ErrCorrupt, err)
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("%w: short read at %d", chunk.ErrCorrupt, off+int64(k))
 }

@@ -27,7 +27,8 @@ const tmpPrefix = ".tmp-"
 // outside the directory.
 //
 // Every method is safe for concurrent use and idempotent. Put is durable
-// when it returns; Get verifies every chunk it reads.
+// when it returns; Get verifies every chunk it reads, GetRange every block
+// it reads.
 type LocalStore struct {
 	dir  string
 	root *os.Root
@@ -157,7 +158,8 @@ func (s *LocalStore) Path(id chunk.ID) string {
 }
 
 // Put stores data as chunk id and returns its BLAKE3-256 checksum. The chunk
-// is written to a temporary file, synced, renamed into place and the
+// file (format version 2) records that checksum and one per BlockSize block,
+// all computed in one pass over data. The chunk is written to a temporary file, synced, renamed into place and the
 // directory synced, so it is durable when Put returns and a crash leaves
 // either no chunk or the whole chunk. Putting an ID again replaces the
 // stored chunk atomically (IDs are never reused for different bytes). A full
@@ -178,7 +180,7 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	if err != nil {
 		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
 	}
-	if err := writeSyncClose(f, hdr[:], data); err != nil {
+	if err := writeSyncClose(f, hdr, data); err != nil {
 		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
 		}
@@ -237,11 +239,13 @@ func (s *LocalStore) syncDir(rel string) error {
 	return nil
 }
 
-// Get returns the data of chunk id. The header, length and checksum are
-// verified on every call: a chunk that fails any check (or that the disk
-// cannot read, EIO) yields an error wrapping chunk.ErrCorrupt that names the
-// chunk and its path, is logged at error level, and none of its bytes are
-// returned. A missing chunk yields an error wrapping chunk.ErrNotFound.
+// Get returns the data of chunk id. Everything is verified on every call:
+// the header, the length, and the checksums (for a version 2 file the
+// header sum, every block sum and the whole-chunk sum). A chunk that fails
+// any check (or that the disk cannot read, EIO) yields an error wrapping
+// chunk.ErrCorrupt that names the chunk and its path, is logged at error
+// level, and none of its bytes are returned. A missing chunk yields an
+// error wrapping chunk.ErrNotFound.
 func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, err)
@@ -264,26 +268,81 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 }
 
+// GetRange returns bytes [off, off+n) of chunk id, clamped to the chunk's
+// length: fewer than n bytes (possibly none) when the range passes the end.
+// Of a version 2 chunk file it reads (with pread) only the header, the
+// block-sum table and the BlockSize blocks that overlap the range, and
+// verifies the header sum and each of those blocks; so it costs
+// O(n + BlockSize), not O(chunk length). A version 1 file has no block
+// sums and is read and verified whole.
+//
+// Errors are those of Get: a block or header that fails verification, a
+// malformed or truncated file, or EIO yields an error wrapping
+// chunk.ErrCorrupt that names the chunk, its path and (for a bad block) the
+// block, logged at error level, and no bytes; a missing chunk yields
+// chunk.ErrNotFound. Corruption outside the blocks read goes unnoticed
+// until a read covers it (Get covers everything). A negative off or n is
+// an error. The caller may modify the returned slice.
+func (s *LocalStore) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s range: %w", s.dir, id, err)
+	}
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, n, off)
+	}
+	_, rel := relPath(id)
+	f, size, err := s.openChunk(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
+	}
+	var data []byte
+	if err == nil {
+		data, err = readRange(f, size, id, off, n)
+		_ = f.Close() // read-only: nothing to lose
+		if err == nil {
+			return data, nil
+		}
+	}
+	if !errors.Is(err, chunk.ErrCorrupt) {
+		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
+	}
+	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Int64("off", off).Int64("len", n).Msg("corrupt chunk")
+	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
+}
+
+// openChunk opens the chunk file rel for reading and returns it with its
+// size. Files that are not regular or too large to be a chunk wrap
+// chunk.ErrCorrupt. The caller closes the file.
+func (s *LocalStore) openChunk(rel string) (*os.File, int64, error) {
+	f, err := s.root.Open(rel)
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("%w: not a regular file (%s)", chunk.ErrCorrupt, fi.Mode().Type())
+	case fi.Size() > maxFileSize:
+		err = fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, fi.Size())
+	}
+	if err != nil {
+		_ = f.Close()
+		return nil, 0, err
+	}
+	return f, fi.Size(), nil
+}
+
 // readFile reads the chunk file rel whole. Files that are not regular, too
 // large to be a chunk, change size while read or hit EIO wrap
 // chunk.ErrCorrupt.
 func (s *LocalStore) readFile(rel string) ([]byte, error) {
-	f, err := s.root.Open(rel)
+	f, size, err := s.openChunk(rel)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: not a regular file (%s)", chunk.ErrCorrupt, fi.Mode().Type())
-	}
-	if fi.Size() > headerSize+MaxChunkLen {
-		return nil, fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, fi.Size())
-	}
-	b := make([]byte, fi.Size())
+	b := make([]byte, size)
 	n, err := io.ReadFull(f, b)
 	switch {
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):

@@ -78,7 +78,7 @@ func TestLocalPutGet(t *testing.T) {
 		if _, err := s.Put(ctx, id, data); err != nil {
 			t.Fatalf("second Put: %v", err)
 		}
-		if st, err := os.Stat(s.Path(id)); err != nil || st.Size() != int64(headerSize+n) {
+		if st, err := os.Stat(s.Path(id)); err != nil || st.Size() != int64(dataOffset(n)+n) {
 			t.Errorf("chunk file: %v, size %v", err, st)
 		}
 	}
@@ -141,7 +141,7 @@ func TestLocalCorruption(t *testing.T) {
 	}{
 		{"bit flip in data", func(t *testing.T, path string) {
 			b := readFile(t, path)
-			b[headerSize+len(data)/2] ^= 0x10
+			b[dataOffset(len(data))+len(data)/2] ^= 0x10
 			writeFile(t, path, b)
 		}},
 		{"bit flip in checksum", func(t *testing.T, path string) {
@@ -155,12 +155,12 @@ func TestLocalCorruption(t *testing.T) {
 			writeFile(t, path, b)
 		}},
 		{"truncated data", func(t *testing.T, path string) {
-			if err := os.Truncate(path, int64(headerSize+len(data)-1)); err != nil {
+			if err := os.Truncate(path, int64(dataOffset(len(data))+len(data)-1)); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"truncated header", func(t *testing.T, path string) {
-			if err := os.Truncate(path, headerSize-1); err != nil {
+			if err := os.Truncate(path, headerSizeV2-1); err != nil {
 				t.Fatal(err)
 			}
 		}},

@@ -273,6 +273,43 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return nil, fmt.Errorf("get chunk %s: %w on any of %d nodes", id, chunk.ErrNotFound, len(order))
 }
 
+// rangeLocal is implemented by Local stores that can read part of a chunk,
+// verifying only what they read; chunker.LocalStore does.
+type rangeLocal interface {
+	GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error)
+}
+
+// GetRange returns bytes [off, off+n) of chunk id, clamped to the chunk's
+// length (it makes Store a chunker.RangeGetter). When this node's Local
+// store reads ranges, its copy is asked first and only the part asked for
+// is read and verified. Otherwise, or when that copy is missing, corrupt or
+// unreadable, GetRange falls back to Get (which searches, verifies and
+// reports exactly as a Get does, this node's copy included) and slices the
+// chunk it returns. Errors are Get's; a negative off or n is an error.
+func (s *Store) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("get chunk %s: invalid range of %d bytes at %d", id, n, off)
+	}
+	if rl, ok := s.self.(rangeLocal); ok {
+		lctx, cancel := s.opContext(ctx)
+		data, err := rl.GetRange(lctx, id, off, n)
+		cancel()
+		if err == nil {
+			return data, nil
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("get chunk %s: %w", id, cerr)
+		}
+	}
+	data, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	lo := min(off, int64(len(data)))
+	hi := lo + min(n, int64(len(data))-lo)
+	return data[lo:hi:hi], nil
+}
+
 // Delete removes chunk id from this node and from every alive node, in
 // parallel; a missing chunk is not an error, so Delete is idempotent. The
 // errors of the nodes that failed are joined. Copies on nodes that are down

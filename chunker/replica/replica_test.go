@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wormhole-fs/wormhole/chunker"
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/chunker/replica"
 )
@@ -485,4 +487,56 @@ func TestConcurrentPutGetDelete(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+var _ chunker.RangeGetter = (*replica.Store)(nil)
+
+// TestGetRange checks range reads: from this node's copy when it has a good
+// one, else through Get's search (with its repair report), clamped like
+// LocalStore.GetRange.
+func TestGetRange(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		fault func(c *cluster, id chunk.ID) // applied to n1's copy
+		want  replica.Reason                // report expected, if any
+	}{
+		{"good local copy", func(*cluster, chunk.ID) {}, ""},
+		{"corrupt local copy", func(c *cluster, id chunk.ID) { c.corrupt("n1", id) }, replica.ReasonCorrupt},
+		{"missing local copy", func(c *cluster, id chunk.ID) {
+			if err := c.stores["n1"].Delete(t.Context(), id); err != nil {
+				t.Fatal(err)
+			}
+		}, replica.ReasonMissing},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			c := newCluster(t, 3)
+			s := c.replicaStore("n1", replica.Config{Copies: 2})
+			id := idWhere(t, c, func(r []string) bool { return slices.Contains(r[:2], "n1") })
+			data := bytes.Repeat([]byte("0123456789abcdef"), 10000) // 160000 bytes: 3 blocks
+			if _, err := s.Put(ctx, id, data); err != nil {
+				t.Fatal(err)
+			}
+			tt.fault(c, id)
+			n := int64(len(data))
+			for _, r := range [][2]int64{{n - 5, 100}, {0, 10}, {chunker.BlockSize - 3, 6}, {n, 1}, {0, n}} {
+				got, err := s.GetRange(ctx, id, r[0], r[1])
+				lo := min(r[0], n)
+				hi := lo + min(r[1], n-lo)
+				if err != nil || !bytes.Equal(got, data[lo:hi]) {
+					t.Fatalf("GetRange(%d, %d) = %d bytes, %v; want %d bytes", r[0], r[1], len(got), err, hi-lo)
+				}
+			}
+			reports := drain(s)
+			if tt.want == "" && len(reports) != 0 {
+				t.Fatalf("reports %+v for a good local copy", reports)
+			}
+			if tt.want != "" && (len(reports) == 0 || reports[0].Reason != tt.want || reports[0].Node != "n1") {
+				t.Fatalf("reports %+v, want %s of n1", reports, tt.want)
+			}
+			if _, err := s.GetRange(ctx, id, -1, 1); err == nil {
+				t.Fatal("negative offset accepted")
+			}
+		})
+	}
 }
