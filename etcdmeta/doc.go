@@ -4,9 +4,62 @@
 //
 // Only this package talks to etcd: other packages use the meta.Store
 // interface (package etcdmeta/meta) that Store implements, and the
-// composition root starts the server with StartEmbedded and hands its
-// Client to New. etcdmeta imports etcdmeta/meta and chunker/chunk from
-// Wormhole, nothing else.
+// composition root starts the server with StartEmbedded (or connects with
+// DialExternal) and hands the client to New. etcdmeta imports
+// etcdmeta/meta and chunker/chunk from Wormhole, nothing else.
+//
+// # Cluster lifecycle
+//
+// Every node uses etcd; the first nodes also run a member of it. VoterTarget
+// says how many of n nodes run a voting member: 1 (one or two nodes), 3
+// (three or four) or 5 (five or more), always odd, because a majority of an
+// even count tolerates no more failures than one of a member fewer. Other
+// nodes are clients: they connect to the members' client URLs with
+// DialExternal, and so does every node when the configuration names an
+// external etcd cluster instead (DialExternal checks with a linearizable
+// member list that a quorum answers, and names the endpoints if none does).
+//
+//   - Bootstrap: the first node starts a single-member cluster
+//     (StartEmbedded without Join). If the cluster may grow it needs a real
+//     PeerURL (a fixed port other nodes can dial) and a TCP ClientURL from
+//     the start.
+//   - Join: any node with a client (member or not) calls AddLearner with the
+//     new member's name and PeerURL, which returns the member ID and the
+//     InitialCluster string; the new node starts its member with
+//     Join{InitialCluster}; then PromoteWhenReady makes it a voter as soon
+//     as its log has caught up (about 0.1 s after it started on an idle
+//     cluster). A learner does not count towards quorum, so the cluster
+//     keeps serving throughout; adding a voter directly stalls it for
+//     seconds until the new member has started and caught up. etcd refuses
+//     a further membership change until the member asked has been
+//     connected to every voter for 5 s, so growing 1 to 3 takes about 5 s
+//     (AddLearner waits it out). If the new member cannot be started, remove
+//     it again with RemoveMember.
+//   - Layouts: PromoteWhenReady refuses more than MaxVoters voters, or an
+//     even count of four or more unless another learner waits to follow
+//     (3 to 5 goes through 4; embedded members allow two learners at once).
+//     2 voters are allowed on the way from 1 to 3, the only way there.
+//   - Failure: a cluster of 3 keeps serving with one member down, 5 with
+//     two. Without a quorum, requests fail when their ctx is done (they
+//     never hang past it), and Embedded.HasLeader turns false within about
+//     a second.
+//   - Restart: a member restarts on its data directory without Join; its
+//     log records the cluster. It becomes ready once it reaches a quorum.
+//   - Replacement: remove the failed member (RemoveMember), then add the
+//     replacement as a learner and promote it. Never start a former member
+//     on an emptied directory without Join: it would form a cluster alone.
+//   - Membership changes are not serialized here: the appliance makes them
+//     from one place at a time.
+//
+// Each member's own Client is in process. It still sees the whole cluster:
+// the member forwards writes to the leader through raft and serves
+// linearizable reads (the default) only after confirming with the leader.
+// A learner serves serializable reads only.
+//
+// Production members use mutual TLS (EmbedConfig.TLS: node certificate and
+// key, cluster CA) on peer and client URLs, and clients present a node
+// certificate (DialExternal's tls.Config). Plain http is for tests on
+// loopback or private test networks.
 //
 // # Transactions
 //

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,27 +37,55 @@ const (
 	// DefaultCompactionRetention is how much history auto-compaction keeps
 	// (periodic mode).
 	DefaultCompactionRetention = 5 * time.Minute
+	// maxLearners is how many learners an embedded member lets the cluster
+	// hold at once: two, so that growing from 3 to 5 voters can promote
+	// the fourth while the fifth is waiting (see PromoteWhenReady).
+	maxLearners = 2
 
 	// maxUnixPath is the longest usable unix socket path on Linux
 	// (sun_path is 108 bytes including the terminating NUL).
 	maxUnixPath = 107
 )
 
-// EmbedConfig configures an embedded single-node etcd.
+// EmbedConfig configures an embedded etcd member. The zero value apart
+// from Dir starts (or restarts) a single-member cluster that serves
+// clients on a unix socket only.
 type EmbedConfig struct {
 	// Dir holds everything the embedded etcd owns: a lock file, the data
-	// (Dir/data) and, by default, the client unix sockets. Required.
+	// (Dir/data), TLS files given as PEM (Dir/tls) and, by default, the
+	// client unix sockets. Required.
 	Dir string
-	// ClientURL is where etcd serves clients (etcdctl, other tools). The
-	// default, "unix://<Dir>/client.sock", cannot collide with another
-	// instance; if that path is too long for a unix socket, or ClientURL
-	// is ClientURLNone, etcd serves no clients over the network. Wormhole
-	// itself always talks to the server in process.
+	// ClientURL is where etcd serves clients (etcdctl, other tools, and
+	// nodes of the cluster that run no member). The default,
+	// "unix://<Dir>/client.sock" ("unixs://" with TLS), cannot collide with
+	// another instance; if that path is too long for a unix socket, or
+	// ClientURL is ClientURLNone, etcd serves no clients over the network.
+	// A member other nodes must reach as clients needs a TCP URL it is
+	// reachable at, such as "https://10.0.0.1:2379". This node itself
+	// always talks to its member in process.
 	ClientURL string
-	// PeerURL is where etcd serves raft peers. The default,
-	// "http://127.0.0.1:0", takes a free loopback port: enough for a single
-	// node, which never dials itself. Set a real address to form clusters.
+	// PeerURL is where etcd serves raft peers, and the URL it advertises
+	// to them. The default, "http://127.0.0.1:0" ("https://" with TLS),
+	// takes a free loopback port: enough for a single node, which never
+	// dials itself. A member of a cluster, and a single node that may grow
+	// into one, needs the real address and fixed port other members dial,
+	// such as "https://10.0.0.1:2380": AddLearner refuses to grow a
+	// cluster whose members advertise port 0.
 	PeerURL string
+	// Join, when not nil, starts a new member of an existing cluster that
+	// has already added it as a learner (AddLearner). Leave it nil to start
+	// a new single-member cluster, and to restart any member on a data
+	// directory that holds its log: the log records the cluster, and etcd
+	// then ignores Join. Never start a former member of a cluster on an
+	// emptied Dir without Join: it would become a cluster of its own.
+	Join *JoinSpec
+	// TLS, when not nil, turns on mutual TLS (1.3) for the peer and client
+	// listeners: both serve with the node certificate, require a client
+	// certificate from the CA, and dial peers with the same certificate.
+	// PeerURL and a TCP ClientURL must then be https, a socket ClientURL
+	// unixs. Without it everything is plaintext, which is only for tests on
+	// loopback or private test networks: production clusters use TLS.
+	TLS *EmbedTLS
 	// Name is the etcd member name (default DefaultName).
 	Name string
 	// QuotaBytes is the backend quota in bytes (default DefaultQuotaBytes).
@@ -79,10 +109,16 @@ func (c EmbedConfig) withDefaults() EmbedConfig {
 		c.ClientURL = ClientURLNone
 		if p := filepath.Join(c.Dir, "client.sock"); len(p) <= maxUnixPath {
 			c.ClientURL = "unix://" + p
+			if c.TLS != nil {
+				c.ClientURL = "unixs://" + p
+			}
 		}
 	}
 	if c.PeerURL == "" {
 		c.PeerURL = "http://127.0.0.1:0"
+		if c.TLS != nil {
+			c.PeerURL = "https://127.0.0.1:0"
+		}
 	}
 	if c.Name == "" {
 		c.Name = DefaultName
@@ -125,11 +161,72 @@ func (c EmbedConfig) Validate() error {
 		if (u.Scheme == "unix" || u.Scheme == "unixs") && len(u.Host+u.Path) > maxUnixPath {
 			return fmt.Errorf("embedded etcd: unix socket path %q is longer than %d bytes; use a shorter Dir or set ClientURL", u.Host+u.Path, maxUnixPath)
 		}
+		if err := checkScheme(u, s == c.PeerURL, c.TLS != nil); err != nil {
+			return fmt.Errorf("embedded etcd: URL %q: %w", s, err)
+		}
+	}
+	if c.TLS != nil {
+		if err := c.TLS.validate(); err != nil {
+			return fmt.Errorf("embedded etcd: %w", err)
+		}
+	}
+	if c.Join != nil {
+		if err := checkPeerURL(c.PeerURL); err != nil {
+			return fmt.Errorf("embedded etcd: joining member %s: %w", c.Name, err)
+		}
+		if err := c.Join.validate(c.Name, c.PeerURL); err != nil {
+			return fmt.Errorf("embedded etcd: joining member %s: %w", c.Name, err)
+		}
 	}
 	return nil
 }
 
-// Embedded is a running single-node etcd server with an in-process client.
+// checkScheme reports whether u has a scheme the listener can serve: http
+// or https for peers, those or unix or unixs for clients, the secure ones
+// exactly when tls is on.
+func checkScheme(u *url.URL, peer, tls bool) error {
+	want := []string{"http", "unix"}
+	if tls {
+		want = []string{"https", "unixs"}
+	}
+	if peer {
+		want = want[:1]
+	}
+	if slices.Contains(want, u.Scheme) {
+		return nil
+	}
+	if tls {
+		return fmt.Errorf("scheme must be %s with TLS", strings.Join(want, " or "))
+	}
+	return fmt.Errorf("scheme must be %s without TLS", strings.Join(want, " or "))
+}
+
+// JoinSpec is what a new member needs to join an existing cluster.
+type JoinSpec struct {
+	// InitialCluster is the comma-separated name=peerURL list of the
+	// cluster's members including the new one under its own Name and
+	// PeerURL, as AddLearner returns it.
+	InitialCluster string
+}
+
+func (j *JoinSpec) validate(name, peerURL string) error {
+	self := false
+	for p := range strings.SplitSeq(j.InitialCluster, ",") {
+		n, u, ok := strings.Cut(p, "=")
+		if !ok || u == "" {
+			return fmt.Errorf("InitialCluster %q: entry %q is not name=peerURL", j.InitialCluster, p)
+		}
+		if n == name && u == peerURL {
+			self = true
+		}
+	}
+	if !self {
+		return fmt.Errorf("InitialCluster %q does not list %s=%s", j.InitialCluster, name, peerURL)
+	}
+	return nil
+}
+
+// Embedded is a running etcd member with an in-process client.
 type Embedded struct {
 	etcd *embed.Etcd
 	cli  *clientv3.Client
@@ -144,8 +241,11 @@ type Embedded struct {
 	closeErr  error
 }
 
-// StartEmbedded starts etcd with its data under cfg.Dir and waits, at most
-// until ctx is done, for it to serve. It takes an exclusive lock on the
+// StartEmbedded starts an etcd member with its data under cfg.Dir and
+// waits, at most until ctx is done, for it to serve: for a member of a
+// cluster that means it has reached the leader and published itself
+// through raft, so a restarted member of a cluster without quorum never
+// becomes ready. It takes an exclusive lock on the
 // directory, so a second instance on the same Dir fails at once with an error
 // naming it. etcd's own logs go to log at warning level and above. On any
 // error, everything already started is stopped again.
@@ -219,6 +319,22 @@ func etcdConfig(cfg EmbedConfig, dataDir string, log zerolog.Logger, closing *at
 	ec.ListenPeerUrls = []url.URL{*pu}
 	ec.AdvertisePeerUrls = []url.URL{*pu}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	if cfg.Join != nil {
+		ec.ClusterState = embed.ClusterStateFlagExisting
+		ec.InitialCluster = cfg.Join.InitialCluster
+	}
+	ec.MaxLearners = maxLearners
+	if cfg.TLS != nil {
+		f, err := cfg.TLS.files(cfg.Dir)
+		if err != nil {
+			return nil, err
+		}
+		ec.PeerTLSInfo.CertFile, ec.PeerTLSInfo.KeyFile, ec.PeerTLSInfo.TrustedCAFile = f.CertFile, f.KeyFile, f.CAFile
+		ec.PeerTLSInfo.ClientCertAuth = true
+		ec.ClientTLSInfo.CertFile, ec.ClientTLSInfo.KeyFile, ec.ClientTLSInfo.TrustedCAFile = f.CertFile, f.KeyFile, f.CAFile
+		ec.ClientTLSInfo.ClientCertAuth = true
+		ec.TlsMinVersion = "TLS1.3"
+	}
 	ec.EnableGRPCGateway = false
 	ec.ListenMetricsUrls = nil
 	ec.Metrics = "basic"
@@ -251,7 +367,31 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // Client returns the in-process client. It is valid until Close.
+//
+// In a cluster of several members it still talks only to this member, in
+// process, and that is enough: the member forwards proposals (writes,
+// transactions, leases) to the leader over raft, and serves
+// linearizable reads (the default) only after confirming with the leader
+// that it has applied everything committed before the read. So every
+// node sees the writes of every other node once they are acknowledged.
+// Requests fail (at the latest when their ctx is done) while the member
+// cannot reach a quorum, and while it is a learner, which serves
+// serializable reads only.
 func (e *Embedded) Client() *clientv3.Client { return e.cli }
+
+// ID returns this member's etcd member ID (as in Member.ID).
+func (e *Embedded) ID() uint64 { return uint64(e.etcd.Server.MemberID()) }
+
+// IsLearner reports whether this member is currently a non-voting learner.
+// A promotion reaches it when it applies the change, a moment after
+// PromoteWhenReady returns.
+func (e *Embedded) IsLearner() bool { return e.etcd.Server.IsLearner() }
+
+// HasLeader reports whether this member currently knows a raft leader. A
+// member that cannot reach a quorum loses its leader within about an
+// election timeout (1 s), and its requests then fail when their ctx is
+// done; this is the cheap check for health reporting.
+func (e *Embedded) HasLeader() bool { return e.etcd.Server.Leader() != 0 }
 
 // Server returns the underlying etcd instance, for cluster management.
 func (e *Embedded) Server() *embed.Etcd { return e.etcd }
@@ -304,14 +444,32 @@ type zerologCore struct {
 }
 
 // benign reports whether an etcd message is expected in Wormhole's setup
-// and belongs at debug level: the single node runs without auth, and Close
-// makes etcd complain about its own listeners and requests going away.
-func benign(msg string, closing bool) bool {
+// and belongs at debug level: the single node runs without auth, Close
+// makes etcd complain about its own listeners and requests going away,
+// PromoteWhenReady is refused until the learner has caught up, and a
+// member that has just joined checks its storage version before its
+// backend holds a raft term (it succeeds on a later check).
+func benign(msg string, fields []zapcore.Field, closing bool) bool {
 	switch msg {
+	case "failed to update storage version", "Failed to detect schema version":
+		// etcd's schema package returns an unexported, unwrapped error;
+		// its text is all there is to match.
+		for _, f := range fields {
+			if err, ok := f.Interface.(error); ok && f.Key == "error" && strings.HasSuffix(err.Error(), "missing term information") {
+				return true
+			}
+		}
+		return false
 	case "simple token is not cryptographically signed",
-		"Running http and grpc server on single port. This is not recommended for production.":
+		"Running http and grpc server on single port. This is not recommended for production.",
+		// PromoteWhenReady asks until the learner has caught up.
+		"rejecting promote learner: learner is not ready":
 		return true
 	case "setting up serving from embedded etcd failed.",
+		"stopping insecure grpc server due to error",
+		"stopped insecure grpc server due to error",
+		"stopping secure grpc server due to error",
+		"stopped secure grpc server due to error",
 		"failed to update cluster version",
 		"failed to publish local member to cluster through raft":
 		return closing
@@ -337,7 +495,7 @@ func (c *zerologCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcor
 func (c *zerologCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 	var ev *zerolog.Event
 	switch {
-	case benign(ent.Message, c.closing.Load()):
+	case benign(ent.Message, fields, c.closing.Load()):
 		ev = c.log.Debug()
 	case ent.Level >= zapcore.ErrorLevel:
 		ev = c.log.Error()
