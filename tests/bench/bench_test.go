@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -10,36 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
-	"github.com/wormhole-fs/wormhole/appliance"
+	"github.com/wormhole-fs/wormhole/tests/testnode"
 )
 
 // startNode runs an in-process Wormhole node on a temporary data dir and
 // returns its NFS address (NFS and MOUNT share the port).
 func startNode(t *testing.T) string {
 	t.Helper()
-	cfg := appliance.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.NFS.Addr = "127.0.0.1:0"
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		cancel()
-		t.Fatalf("start node: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := n.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return n.NFSAddr().String()
+	return testnode.InProcess(t, "", nil).NFSAddr().String()
 }
 
 // tiny sizes every workload down so a run takes a second or two.

@@ -23,7 +23,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
+	"github.com/wormhole-fs/wormhole/tests/testnode"
+
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 
 	"github.com/wormhole-fs/wormhole/appliance"
@@ -37,28 +38,9 @@ type node struct {
 
 func startNode(t *testing.T, portmapAddr string) *node {
 	t.Helper()
-	cfg := appliance.DefaultConfig()
-	cfg.DataDir = t.TempDir()
-	cfg.NFS.Addr = "127.0.0.1:0"
-	cfg.Admin.Addr = "" // no admin API: test nodes must not share its port
-	cfg.NFS.PortmapAddr = portmapAddr
-	cfg.Chunks.Size = 64 << 10
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		cancel()
-		t.Fatalf("start node: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := n.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
+	n := testnode.InProcess(t, "", func(cfg *appliance.Config) {
+		cfg.NFS.PortmapAddr = portmapAddr
+		cfg.Chunks.Size = 64 << 10
 	})
 	nd := &node{nfs: n.NFSAddr().(*net.TCPAddr)}
 	if a := n.PortmapAddr(); a != nil {

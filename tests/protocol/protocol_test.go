@@ -5,7 +5,6 @@ package protocol
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 
 	"github.com/wormhole-fs/wormhole/appliance"
@@ -31,35 +29,10 @@ type node struct {
 
 func startNode(t *testing.T, dataDir string) *node {
 	t.Helper()
-	cfg := appliance.DefaultConfig()
-	cfg.DataDir = dataDir
-	cfg.NFS.Addr = "127.0.0.1:0"
-	cfg.Admin.Addr = ""        // no admin API: test nodes must not share its port
-	cfg.Chunks.Size = 64 << 10 // small chunks so tests cross boundaries
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
-	if err != nil {
-		cancel()
-		t.Fatalf("start node: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	var stopped bool
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := n.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return &node{addr: n.NFSAddr().String(), stop: stop}
+	n := testnode.InProcess(t, dataDir, func(cfg *appliance.Config) {
+		cfg.Chunks.Size = 64 << 10 // small chunks so tests cross boundaries
+	})
+	return &node{addr: n.NFSAddr().String(), stop: n.Stop}
 }
 
 func mount(t *testing.T, addr string, uid, gid uint32) *nfsc.Target {
