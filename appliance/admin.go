@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -165,6 +166,9 @@ func loadAdminToken(path string) (string, error) {
 		return "", fmt.Errorf("admin token %s: %w", path, err)
 	}
 	if err := os.Rename(path+".tmp", path); err != nil {
+		return "", fmt.Errorf("admin token %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
 		return "", fmt.Errorf("admin token %s: %w", path, err)
 	}
 	return tok, nil

@@ -103,6 +103,10 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	}
 	n.ns = ns
 
+	if _, err := ns.ChunkSize(ctx, uint64(cfg.Chunks.Size)); err != nil {
+		return nil, fmt.Errorf("chunks.size: %w (set chunks.size back; the chunk size is fixed when a namespace is created)", err)
+	}
+
 	n.store, err = chunker.OpenLocal(filepath.Join(dataDir, "chunks"), log.With().Str("component", "chunks").Logger())
 	if err != nil {
 		return nil, err
@@ -241,6 +245,9 @@ func loadSecret(path string) ([]byte, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return nil, fmt.Errorf("handle key %s: %w", path, err)
 	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("handle key %s: %w", path, err)
+	}
 	return b, nil
 }
 
@@ -258,4 +265,14 @@ func writeFileSync(path string, b []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -313,6 +313,7 @@ func (f *Files) merge(ctx context.Context, ino meta.Ino, old chunk.Ref, src []by
 	var data []byte
 	if uint64(cap(prev)) >= n {
 		data = prev[:n]
+		clear(data[len(prev):]) // spare capacity may hold a reader's scratch bytes
 	} else {
 		data = make([]byte, n)
 		copy(data, prev)

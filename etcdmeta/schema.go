@@ -37,6 +37,7 @@ func hex16(v uint64) string {
 }
 
 func (k keys) nextIno() string             { return k.prefix + "next-ino" }
+func (k keys) chunkSize() string           { return k.prefix + "chunk-size" }
 func (k keys) inoPrefix() string           { return k.prefix + "ino/" }
 func (k keys) ino(ino meta.Ino) string     { return k.inoPrefix() + hex16(uint64(ino)) }
 func (k keys) dirPrefix(d meta.Ino) string { return k.prefix + "dir/" + hex16(uint64(d)) + "/" }

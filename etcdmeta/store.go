@@ -2,8 +2,10 @@ package etcdmeta
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -75,6 +77,42 @@ func (s *Store) bootstrap(ctx context.Context) error {
 		s.log.Info().Str("prefix", s.keys.prefix).Msg("created root directory of a new namespace")
 	}
 	return nil
+}
+
+// ErrChunkSizeMismatch means a namespace was created with another chunk
+// size than the one configured. Chunk maps index file bytes by chunk size,
+// so reading with another size would return wrong bytes.
+var ErrChunkSizeMismatch = errors.New("chunk size differs from the namespace's")
+
+// ChunkSize returns the chunk size the namespace was created with,
+// recording want on first use. A namespace created with another size
+// gives an error wrapping ErrChunkSizeMismatch that names both.
+func (s *Store) ChunkSize(ctx context.Context, want uint64) (uint64, error) {
+	k := s.keys.chunkSize()
+	v := strconv.FormatUint(want, 10)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, v)).
+		Else(clientv3.OpGet(k)).
+		Commit()
+	if err != nil {
+		return 0, etcdErr("chunk size", err)
+	}
+	if resp.Succeeded {
+		return want, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) != 1 {
+		return 0, fmt.Errorf("chunk size record: %w", errMalformed)
+	}
+	have, err := strconv.ParseUint(string(kvs[0].Value), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("chunk size record %q: %w", kvs[0].Value, errMalformed)
+	}
+	if have != want {
+		return have, fmt.Errorf("configured %d bytes, but this namespace was created with %d: %w", want, have, ErrChunkSizeMismatch)
+	}
+	return have, nil
 }
 
 func (s *Store) nowNs() int64 { return s.now().UnixNano() }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -297,5 +298,20 @@ func TestReadDirHundredThousand(t *testing.T) {
 	}
 	if want := total/page + 1; pages != want {
 		t.Fatalf("listing took %d pages, want %d", pages, want)
+	}
+}
+
+func TestChunkSizeIsFixedAtCreation(t *testing.T) {
+	s := newTestStore(t)
+	ctx := t.Context()
+	if got, err := s.ChunkSize(ctx, 1<<20); err != nil || got != 1<<20 {
+		t.Fatalf("first ChunkSize = %d, %v", got, err)
+	}
+	if got, err := s.ChunkSize(ctx, 1<<20); err != nil || got != 1<<20 {
+		t.Fatalf("same size again = %d, %v", got, err)
+	}
+	got, err := s.ChunkSize(ctx, 64<<10)
+	if !errors.Is(err, ErrChunkSizeMismatch) || got != 1<<20 || !strings.Contains(err.Error(), "1048576") {
+		t.Fatalf("other size = %d, %v; want ErrChunkSizeMismatch naming 1048576", got, err)
 	}
 }

@@ -155,7 +155,10 @@ func (t *tx) load(ctx context.Context, keys ...string) error {
 }
 
 func (t *tx) readErr(err error) error {
-	if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted) {
+	if errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted) ||
+		// A member behind the pinned revision (external etcd with several
+		// endpoints): try again rather than fail the operation.
+		errors.Is(err, rpctypes.ErrFutureRev) || errors.Is(err, rpctypes.ErrGRPCFutureRev) {
 		return errRetry
 	}
 	return fmt.Errorf("etcd read: %w", err)

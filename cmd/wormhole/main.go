@@ -61,6 +61,11 @@ SIGTERM or SIGINT stops it cleanly.`,
 			defer stop()
 			node, err := appliance.Start(ctx, cfg, log)
 			if err != nil {
+				if ctx.Err() != nil {
+					// Signalled while starting: Start undid what it began.
+					log.Info().Msg("wormhole stopped before serving")
+					return nil
+				}
 				return err
 			}
 			serveErr := node.Serve(ctx)

@@ -283,3 +283,26 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("status without the token: %v\n%s", err, out)
 	}
 }
+
+// A namespace keeps the chunk size it was created with: restarting with
+// another one is refused, since it would read wrong bytes.
+func TestChunkSizeChangeRefused(t *testing.T) {
+	data := t.TempDir()
+	p := startServing(t, data)
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if code, err := p.Wait(ctx); err != nil || code != 0 {
+		t.Fatalf("stop: exit %d, %v", code, err)
+	}
+	cfg := filepath.Join(t.TempDir(), "wormhole.yaml")
+	if err := os.WriteFile(cfg, []byte("chunks:\n  size: 65536\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := runFailing(t, data, testnode.FreeAddr(t), "--config", cfg)
+	if !strings.Contains(out, "chunks.size") || !strings.Contains(out, "1048576") {
+		t.Fatalf("error does not explain the chunk size mismatch:\n%s", out)
+	}
+}

@@ -6,8 +6,10 @@ package testnode
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -88,13 +90,12 @@ func Start(bin, dataDir, addr string, extra ...string) (*Process, error) {
 	return p, nil
 }
 
-// WaitReady waits until the node accepts NFS connections, the process
-// exits, or ctx ends.
+// WaitReady waits until the node answers an NFS NULL call (the listener
+// is bound before the node has started, so an open port is not enough),
+// the process exits, or ctx ends.
 func (p *Process) WaitReady(ctx context.Context) error {
 	for {
-		c, err := net.DialTimeout("tcp", p.Addr, time.Second)
-		if err == nil {
-			c.Close()
+		if Ping(p.Addr, time.Second) == nil {
 			return nil
 		}
 		select {
@@ -105,6 +106,38 @@ func (p *Process) WaitReady(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond): // poll interval, not a wait for an event
 		}
 	}
+}
+
+// Ping sends an NFSv3 NULL call to addr and waits up to timeout for the
+// reply.
+func Ping(addr string, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	// Record mark, then xid, CALL, RPC v2, NFS (100003) v3 proc 0,
+	// AUTH_NONE credentials and verifier.
+	call := []uint32{0x80000000 | 40, 1, 0, 2, 100003, 3, 0, 0, 0, 0, 0}
+	buf := make([]byte, 0, 4*len(call))
+	for _, v := range call {
+		buf = binary.BigEndian.AppendUint32(buf, v)
+	}
+	if _, err := c.Write(buf); err != nil {
+		return err
+	}
+	reply := make([]byte, 4+24)
+	if _, err := io.ReadFull(c, reply); err != nil {
+		return err
+	}
+	// xid 1, REPLY, accepted, AUTH_NONE verifier, SUCCESS.
+	if binary.BigEndian.Uint32(reply[4:]) != 1 || binary.BigEndian.Uint32(reply[8:]) != 1 || binary.BigEndian.Uint32(reply[24:]) != 0 {
+		return fmt.Errorf("NFS NULL call to %s: unexpected reply %x", addr, reply)
+	}
+	return nil
 }
 
 // Wait waits for the process to exit and returns its exit code.
