@@ -51,9 +51,10 @@ func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64,
 		return nil, 0, false, fmt.Errorf("read directory %d: %w", a.Ino, meta.ErrIsDir)
 	case a.Type != meta.TypeRegular:
 		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, meta.ErrInvalid)
-	case !allowed(a, c, permRead) && c.uid != a.UID:
-		// The owner may read whatever the mode says: a client opened the
-		// file before a chmod, and POSIX lets it keep reading.
+	case !allowed(a, c, permRead) && !allowed(a, c, permExec) && c.uid != a.UID:
+		// The owner may read whatever the mode says (a client opened the
+		// file before a chmod), and execute permission implies reading:
+		// the client loads the program it was allowed to run.
 		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, errAccess)
 	}
 	if off >= a.Size {

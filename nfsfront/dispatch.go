@@ -75,9 +75,13 @@ func (s *Server) dispatch(ctx context.Context, rec []byte, o origin) (reply []by
 			return s.handleOwn(ctx, call{h, o}, proc), false
 		case h.proc > maxNFSProc:
 			return acceptedReply(h.xid, acceptProcUnavail), false
-		case h.proc != 0 && s.callerCreds(call{h, o}).denied:
-			// go-nfs checks no export: refuse here what it would serve.
-			return authErrorReply(h.xid, authTooWeak), false
+		case h.proc != 0:
+			// go-nfs checks no export and allocates whatever length a
+			// handle claims: only a valid handle of an export admitting
+			// this client gets through.
+			if c := s.callerCreds(call{h, o}); c.denied || c.badHandle {
+				return authErrorReply(h.xid, authTooWeak), false
+			}
 		}
 		return nil, true
 	case h.prog == progMount && o.svc&svcMount != 0:

@@ -60,10 +60,13 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EXDEV
 	case errors.Is(err, errNotSupported):
 		return syscall.ENOTSUP
-	case errors.Is(err, context.DeadlineExceeded):
-		return syscall.EIO // the client retries; a later reply may succeed
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, chunk.ErrUnavailable):
+		// Transient: the metadata store or chunk holders did not answer
+		// in time. EAGAIN becomes NFS3ERR_JUKEBOX, which clients retry
+		// after a delay instead of failing the application's call.
+		return syscall.EAGAIN
 	}
-	return syscall.EIO // chunk.ErrUnavailable and anything unexpected
+	return syscall.EIO // anything unexpected
 }
 
 // Errors of the front itself.
@@ -136,6 +139,8 @@ func statusOf(err error) nfs.NFSStatus {
 		return nfs.NFSStatusStale
 	case syscall.ENOTSUP:
 		return nfs.NFSStatusNotSupp
+	case syscall.EAGAIN:
+		return nfs.NFSStatusJukebox
 	}
 	return nfs.NFSStatusIO
 }

@@ -1,6 +1,7 @@
 package nfsfront
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"syscall"
@@ -29,7 +30,8 @@ func TestErrorMapping(t *testing.T) {
 		{meta.ErrNoSpace, syscall.ENOSPC, nfs.NFSStatusNoSPC},
 		{chunk.ErrNoSpace, syscall.ENOSPC, nfs.NFSStatusNoSPC},
 		{chunk.ErrCorrupt, syscall.EIO, nfs.NFSStatusIO},
-		{chunk.ErrUnavailable, syscall.EIO, nfs.NFSStatusIO},
+		{chunk.ErrUnavailable, syscall.EAGAIN, nfs.NFSStatusJukebox},
+		{context.DeadlineExceeded, syscall.EAGAIN, nfs.NFSStatusJukebox},
 		{errAccess, syscall.EACCES, nfs.NFSStatusAccess},
 		{errPerm, syscall.EPERM, nfs.NFSStatusPerm},
 		{errReadOnly, syscall.EROFS, nfs.NFSStatusROFS},

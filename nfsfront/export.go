@@ -100,17 +100,21 @@ func (s *Server) exportFor(ip net.IP) (uint8, bool) {
 // callerCreds applies the export of the call's first file handle (every
 // NFSv3 procedure's arguments start with one) to the caller's
 // credentials: squashing, read-only, and refusal of callers the export
-// does not admit. An undecodable handle leaves the credentials as they
-// are; the procedure then fails on the handle itself.
+// does not admit. The handle must name the export this client mounts
+// through (the first admitting it), so a handle issued under a more
+// generous export is refused. An undecodable handle leaves the
+// credentials as they are with badHandle set; our procedures then fail on
+// the handle itself.
 func (s *Server) callerCreds(cl call) creds {
 	c := cl.cred
 	d := xdrDecoder{b: cl.args}
 	hd, err := s.handler.codec.Decode(d.opaque(maxFHSize))
 	if err != nil {
+		c.badHandle = true
 		return c
 	}
 	c.export = hd.Export
-	if int(hd.Export) >= len(s.cfg.Exports) || !s.cfg.Exports[hd.Export].admits(hostOf(cl.remote)) {
+	if idx, ok := s.exportFor(hostOf(cl.remote)); !ok || idx != hd.Export {
 		c.denied = true
 		return c
 	}
@@ -118,8 +122,22 @@ func (s *Server) callerCreds(cl call) creds {
 	c.readOnly = x.ReadOnly
 	if x.Squash == SquashAll || (x.Squash == SquashRoot && c.uid == 0) {
 		c.uid, c.gid, c.gids = x.AnonUID, x.AnonGID, nil
-	} else if x.Squash == SquashRoot && c.gid == 0 {
-		c.gid = x.AnonGID
+		return c
+	}
+	if x.Squash == SquashRoot {
+		// root_squash maps group 0 too, in the primary and the
+		// supplementary groups, as knfsd does.
+		if c.gid == 0 {
+			c.gid = x.AnonGID
+		}
+		gids := make([]uint32, len(c.gids))
+		for i, g := range c.gids {
+			if g == 0 {
+				g = x.AnonGID
+			}
+			gids[i] = g
+		}
+		c.gids = gids
 	}
 	return c
 }

@@ -154,3 +154,63 @@ func TestSquash(t *testing.T) {
 		t.Errorf("all_squash read-only: user 500 became %+v", c)
 	}
 }
+
+func TestOverlappingExportsRefuseReplayedHandles(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Exports = []Export{
+		{Path: "/", Clients: []netip.Prefix{netip.MustParsePrefix("10.0.0.5/32")}, ReadOnly: true, Squash: SquashAll, AnonUID: 65534, AnonGID: 65534},
+		{Path: "/", Clients: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Squash: SquashNone},
+	}
+	s, err := New(cfg, rootOnlyNS{}, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	generous := s.handleFor(creds{export: 1}, rootAttr)
+	reply, _ := s.dispatch(context.Background(), callRecord(1, progNFS, 3, procGetattr, opaqueArg(generous)), originFrom("10.0.0.5"))
+	if got := nfsStatus(t, reply); got != 13 {
+		t.Fatalf("10.0.0.5 replaying a handle of the read-write export: status %d, want NFS3ERR_ACCES", got)
+	}
+	reply, _ = s.dispatch(context.Background(), callRecord(2, progNFS, 3, procGetattr, opaqueArg(generous)), originFrom("10.0.0.6"))
+	if got := nfsStatus(t, reply); got != 0 {
+		t.Fatalf("10.0.0.6 with its own export's handle: status %d", got)
+	}
+}
+
+func TestRootSquashMapsSupplementaryGroupZero(t *testing.T) {
+	s := exportTestServer(t)
+	rw := s.handleFor(creds{export: 0}, rootAttr)
+	var body []byte
+	for _, v := range []uint32{0, 0, 1000, 1000, 2, 0, 27} { // stamp, name, uid, gid, groups [0 27]
+		body = binary.BigEndian.AppendUint32(body, v)
+	}
+	rec := binary.BigEndian.AppendUint32(nil, 9)
+	for _, v := range []uint32{rpcCall, rpcVersion, progNFS, 3, procGetattr, authSys, uint32(len(body))} {
+		rec = binary.BigEndian.AppendUint32(rec, v)
+	}
+	rec = append(rec, body...)
+	rec = binary.BigEndian.AppendUint32(rec, authNone)
+	rec = binary.BigEndian.AppendUint32(rec, 0)
+	h, err := parseCall(append(rec, opaqueArg(rw)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.callerCreds(call{h, originFrom("10.1.2.3")})
+	if c.inGroup(0) || !c.inGroup(27) {
+		t.Fatalf("root_squash left groups %v (gid %d)", c.gids, c.gid)
+	}
+}
+
+func TestForwardedProcedureNeedsValidHandle(t *testing.T) {
+	s := exportTestServer(t)
+	// A COMMIT whose handle claims 4 GiB: never handed to go-nfs, which
+	// would allocate it.
+	args := binary.BigEndian.AppendUint32(nil, 0xFFFFFFF0)
+	reply, forward := s.dispatch(context.Background(), callRecord(3, progNFS, 3, 21, args), originFrom("10.1.2.3"))
+	if forward || len(reply) < 12 || binary.BigEndian.Uint32(reply[8:]) != 1 /* MSG_DENIED */ {
+		t.Fatalf("COMMIT with a bogus handle: forwarded %v, reply %x", forward, reply)
+	}
+	good := s.handleFor(creds{export: 0}, rootAttr)
+	if _, forward := s.dispatch(context.Background(), callRecord(4, progNFS, 3, 21, opaqueArg(good)), originFrom("10.1.2.3")); !forward {
+		t.Fatal("COMMIT with a valid handle from an admitted client was not forwarded to go-nfs")
+	}
+}

@@ -2,6 +2,7 @@ package nfsfront
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -93,8 +94,13 @@ func (h *handler) attrOf(ctx context.Context, fh []byte) (meta.Attr, Handle, err
 		return meta.Attr{}, hd, err
 	}
 	a, err := h.fs.ns.GetAttr(ctx, hd.Ino)
-	if err != nil {
+	if errors.Is(err, meta.ErrNotFound) {
 		return meta.Attr{}, hd, fmt.Errorf("inode %d: %w", hd.Ino, meta.ErrStale)
+	}
+	if err != nil {
+		// Not stale: a client told ESTALE drops the file for good, while
+		// an unreachable metadata store is a reason to retry.
+		return meta.Attr{}, hd, fmt.Errorf("inode %d: %w", hd.Ino, err)
 	}
 	if a.Gen != hd.Gen {
 		return meta.Attr{}, hd, fmt.Errorf("inode %d generation %d, handle has %d: %w", hd.Ino, a.Gen, hd.Gen, meta.ErrStale)

@@ -393,7 +393,9 @@ func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr,
 			return fmt.Errorf("truncate directory %d: %w", a.Ino, meta.ErrIsDir)
 		case a.Type != meta.TypeRegular:
 			return fmt.Errorf("truncate inode %d: %w", a.Ino, meta.ErrInvalid)
-		case !allowed(a, c, permWrite):
+		case !allowed(a, c, permWrite) && c.uid != a.UID:
+			// The owner may truncate a file it opened for writing even
+			// if the mode says otherwise (open(O_CREAT|O_RDWR, 0444)).
 			return fmt.Errorf("truncate inode %d: %w", a.Ino, errAccess)
 		}
 		if *sa.size != a.Size {
@@ -486,6 +488,9 @@ func (s *Server) createIn(ctx context.Context, c creds, op diropargs, args meta.
 		if sa.gid != nil {
 			args.GID = *sa.gid
 		}
+	}
+	if args.Type != meta.TypeDir && c.uid != 0 && !c.inGroup(args.GID) {
+		args.Mode &^= 0o2000 // no set-group-ID file for a group the caller is not in
 	}
 	obj, err := ns.Create(ctx, dir.Ino, op.name, args)
 	if verf != nil {

@@ -81,9 +81,10 @@ type creds struct {
 	uid, gid uint32
 	gids     []uint32
 	// Set by callerCreds from the export of the call's file handle.
-	export   uint8
-	readOnly bool // the export refuses changes
-	denied   bool // the export does not admit this client
+	export    uint8
+	readOnly  bool // the export refuses changes
+	denied    bool // the export does not admit this client
+	badHandle bool // the first handle did not decode
 }
 
 // parseCall decodes the RPC call header of a record. On error the xid is
