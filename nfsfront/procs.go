@@ -578,7 +578,11 @@ func (s *Server) symlink(ctx context.Context, c creds, d *xdrDecoder, e *xdrEnco
 		return
 	}
 	if len(target) == 0 || len(target) > meta.MaxSymlinkLen {
-		e.u32(uint32(nfs.NFSStatusNameTooLong))
+		status := nfs.NFSStatusNameTooLong
+		if len(target) == 0 {
+			status = nfs.NFSStatusNoEnt // symlink(2) with an empty target
+		}
+		e.u32(uint32(status))
 		wcc{}.encode(e)
 		return
 	}

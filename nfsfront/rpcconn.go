@@ -117,9 +117,17 @@ func (c *rpcConn) writeRecord(body []byte) error {
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(body))|lastFragment)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	// A client that stops reading must not hold this connection's
+	// goroutine and slot for ever.
+	if err := c.raw.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
+		return err
+	}
 	_, err := (&net.Buffers{hdr[:], body}).WriteTo(c.raw)
 	return err
 }
+
+// writeTimeout bounds sending one reply.
+const writeTimeout = 2 * time.Minute
 
 // goNFSConn is the connection go-nfs reads from and writes to: it yields
 // the records handed over in feed, one at a time, and forwards go-nfs's
