@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 FUZZTIME  ?= 10s
 
-.PHONY: all build test check unit e2e fuzz deps clean
+.PHONY: all build test check unit e2e fuzz fuzz-brief deps clean
 
 all: build
 
@@ -13,8 +13,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/wormhole
 
 # Everything: static checks, unit and protocol tests with the race
-# detector, then the kernel-client end-to-end suite in a qemu guest.
-test: check unit e2e
+# detector, each fuzz target briefly, then the kernel-client end-to-end
+# suite in a qemu guest.
+test: check unit fuzz-brief e2e
+
+fuzz-brief:
+	$(MAKE) fuzz FUZZTIME=3s
 
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
