@@ -35,10 +35,14 @@ func (c *rpcConn) serve(ctx context.Context) {
 	defer c.raw.Close()
 	log := c.srv.log.With().Str("client", c.raw.RemoteAddr().String()).Logger()
 
-	// The go-nfs side of this connection, started when first needed.
+	// The go-nfs side of this connection, started when first needed. Its
+	// context ends with the connection: go-nfs's own per-connection
+	// goroutines wait on it when a reply can no longer be written.
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var l *oneConnListener
 	defer func() {
+		cancel()
 		close(c.feed)
 		if l != nil {
 			l.Close()
