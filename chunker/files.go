@@ -30,8 +30,8 @@ const readAttempts = 3
 // Namespace is the part of meta.Store that Files needs.
 type Namespace interface {
 	Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error)
-	CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, size uint64) (meta.Attr, meta.Freed, error)
-	Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref) (meta.Attr, meta.Freed, error)
+	CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, expect []meta.Expect, size uint64) (meta.Attr, meta.Freed, error)
+	Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref, expect []meta.Expect) (meta.Attr, meta.Freed, error)
 }
 
 // Blobs stores immutable chunks by ID. LocalStore implements it; a
@@ -232,9 +232,34 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
 	}
 	defer unlock()
+	// The lock serializes this process's writers; writers on other nodes
+	// are caught by the namespace (ErrConflict) and the write is redone
+	// from the chunk map as it now is.
+	for attempt := 1; ; attempt++ {
+		attr, err := f.writeOnce(ctx, ino, p, off)
+		if !raced(err) || attempt == maxConflictRetries {
+			return attr, err
+		}
+	}
+}
 
+// raced reports an error that another node's change to the same chunks
+// explains: the namespace refused a stale commit, or the chunk being
+// merged was replaced (and deleted) after it was looked up. Redoing the
+// operation from the current chunk map resolves both.
+func raced(err error) bool {
+	return errors.Is(err, meta.ErrConflict) || errors.Is(err, chunk.ErrNotFound)
+}
+
+// maxConflictRetries bounds how often a write or truncate is redone after
+// another node changed the same chunk.
+const maxConflictRetries = 16
+
+// writeOnce is one attempt of WriteAt, under the inode's lock.
+func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
+	var err error
 	if len(p) == 0 {
-		attr, _, err := f.ns.CommitWrite(ctx, ino, nil, 0)
+		attr, _, err := f.ns.CommitWrite(ctx, ino, nil, nil, 0)
 		if err != nil {
 			return meta.Attr{}, fmt.Errorf("write inode %d: commit: %w", ino, err)
 		}
@@ -249,11 +274,13 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 	// Only the first and last chunks can be partly covered; fetch the
 	// old references of those to merge with.
 	old := make(map[uint64]chunk.Ref, 2)
+	var partials []uint64
 	for _, idx := range []uint64{first, last} {
 		partial := max(start, idx*cs) != idx*cs || min(end, (idx+1)*cs) != (idx+1)*cs
-		if _, done := old[idx]; done || !partial {
+		if len(partials) > 0 && partials[0] == idx || !partial {
 			continue
 		}
+		partials = append(partials, idx)
 		refs, err := f.ns.Chunks(ctx, ino, idx, idx)
 		if err != nil {
 			return meta.Attr{}, fmt.Errorf("write inode %d: chunk map [%d]: %w", ino, idx, err)
@@ -263,6 +290,12 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 				old[idx] = r
 			}
 		}
+	}
+
+	// The merged chunks were computed from these entries.
+	expect := make([]meta.Expect, 0, len(partials))
+	for _, idx := range partials {
+		expect = append(expect, meta.Expect{Index: idx, ID: old[idx].ID})
 	}
 
 	refs := make([]chunk.Ref, 0, last-first+1)
@@ -288,7 +321,7 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 		refs = append(refs, ref)
 	}
 
-	attr, freed, err := f.ns.CommitWrite(ctx, ino, refs, end)
+	attr, freed, err := f.ns.CommitWrite(ctx, ino, refs, expect, end)
 	if err != nil {
 		f.discardIfGone(ctx, ino, err, refs...)
 		return meta.Attr{}, fmt.Errorf("write inode %d: commit %d chunks: %w", ino, len(refs), err)
@@ -339,7 +372,7 @@ func (f *Files) discard(ctx context.Context, ino meta.Ino, refs []chunk.Ref) {
 // the chunks are left in place: an orphan wastes space, a deleted
 // referenced chunk loses data.
 func (f *Files) discardIfGone(ctx context.Context, ino meta.Ino, err error, refs ...chunk.Ref) {
-	if errors.Is(err, meta.ErrStale) || errors.Is(err, meta.ErrNotFound) {
+	if errors.Is(err, meta.ErrStale) || errors.Is(err, meta.ErrNotFound) || errors.Is(err, meta.ErrConflict) {
 		f.discard(ctx, ino, refs)
 		return
 	}
@@ -387,21 +420,38 @@ func (f *Files) Truncate(ctx context.Context, ino meta.Ino, oldSize, newSize uin
 		return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
 	}
 	defer unlock()
+	for attempt := 1; ; attempt++ {
+		attr, err := f.truncateOnce(ctx, ino, oldSize, newSize)
+		if !raced(err) || attempt == maxConflictRetries {
+			return attr, err
+		}
+	}
+}
 
+// truncateOnce is one attempt of Truncate, under the inode's lock.
+func (f *Files) truncateOnce(ctx context.Context, ino meta.Ino, oldSize, newSize uint64) (meta.Attr, error) {
 	cs := f.chunkSize
 	var tail *chunk.Ref
 	var oldTail chunk.Ref
+	var expect []meta.Expect
 	if keep := newSize % cs; keep != 0 {
 		idx := newSize / cs
 		refs, err := f.ns.Chunks(ctx, ino, idx, idx)
 		if err != nil {
 			return meta.Attr{}, fmt.Errorf("truncate inode %d: chunk map [%d]: %w", ino, idx, err)
 		}
+		// Whether the chunk holding the new end is trimmed was decided
+		// from what it is now: pin it.
+		var cur chunk.ID
 		for _, r := range refs {
-			if r.Index == idx && uint64(r.Len) > keep {
-				oldTail = r
+			if r.Index == idx {
+				cur = r.ID
+				if uint64(r.Len) > keep {
+					oldTail = r
+				}
 			}
 		}
+		expect = []meta.Expect{{Index: idx, ID: cur}}
 		if !oldTail.ID.IsZero() {
 			data, err := f.getChunk(ctx, ino, oldTail)
 			if err != nil {
@@ -415,7 +465,7 @@ func (f *Files) Truncate(ctx context.Context, ino meta.Ino, oldSize, newSize uin
 		}
 	}
 
-	attr, freed, err := f.ns.Truncate(ctx, ino, newSize, cs, tail)
+	attr, freed, err := f.ns.Truncate(ctx, ino, newSize, cs, tail, expect)
 	if err != nil {
 		if tail != nil {
 			f.discardIfGone(ctx, ino, err, *tail)

@@ -771,7 +771,7 @@ func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([
 // replaced by one with the same chunk ID is not freed). Indexes in refs
 // must be distinct. refs must fit one etcd request (at most MaxTxnOps-1
 // references, well under 1.5 MiB: about 10,000 refs).
-func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, size uint64) (meta.Attr, meta.Freed, error) {
+func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, expect []meta.Expect, size uint64) (meta.Attr, meta.Freed, error) {
 	op := fmt.Sprintf("commit write to %d", ino)
 	seen := make(map[uint64]struct{}, len(refs))
 	ks := make([]string, 0, len(refs)+1)
@@ -783,6 +783,7 @@ func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref,
 		seen[r.Index] = struct{}{}
 		ks = append(ks, s.keys.chunk(ino, r.Index))
 	}
+	ks = append(ks, s.expectKeys(ino, expect)...)
 	var out meta.Attr
 	var freed meta.Freed
 	err := s.run(ctx, op, func(t *tx) error {
@@ -792,6 +793,9 @@ func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref,
 		}
 		a, err := t.fileAttr(ctx, ino)
 		if err != nil {
+			return err
+		}
+		if err := t.checkExpect(ino, expect); err != nil {
 			return err
 		}
 		for _, r := range refs {
@@ -825,7 +829,7 @@ func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref,
 // returned. tail, when non-nil, must be the chunk holding the new last byte
 // (tail.Index == (size-1)/chunkSize); it replaces that chunk's reference,
 // and the reference it replaced is returned too.
-func (s *Store) Truncate(ctx context.Context, ino meta.Ino, size uint64, chunkSize uint64, tail *chunk.Ref) (meta.Attr, meta.Freed, error) {
+func (s *Store) Truncate(ctx context.Context, ino meta.Ino, size uint64, chunkSize uint64, tail *chunk.Ref, expect []meta.Expect) (meta.Attr, meta.Freed, error) {
 	op := fmt.Sprintf("truncate %d to %d", ino, size)
 	if chunkSize == 0 {
 		return meta.Attr{}, nil, fmt.Errorf("%s: chunk size 0: %w", op, meta.ErrInvalid)
@@ -846,11 +850,15 @@ func (s *Store) Truncate(ctx context.Context, ino meta.Ino, size uint64, chunkSi
 		if tail != nil {
 			ks = append(ks, s.keys.chunk(ino, tail.Index))
 		}
+		ks = append(ks, s.expectKeys(ino, expect)...)
 		if err := t.load(ctx, ks...); err != nil {
 			return err
 		}
 		a, err := t.fileAttr(ctx, ino)
 		if err != nil {
+			return err
+		}
+		if err := t.checkExpect(ino, expect); err != nil {
 			return err
 		}
 		gone, err := t.chunkRefs(ctx, ino, firstGone, math.MaxUint64)
@@ -885,6 +893,36 @@ func (s *Store) Truncate(ctx context.Context, ino meta.Ino, size uint64, chunkSi
 		return meta.Attr{}, nil, err
 	}
 	return out, freed, nil
+}
+
+// expectKeys are the chunk keys expect pins, to load with the rest.
+func (s *Store) expectKeys(ino meta.Ino, expect []meta.Expect) []string {
+	ks := make([]string, len(expect))
+	for i, e := range expect {
+		ks[i] = s.keys.chunk(ino, e.Index)
+	}
+	return ks
+}
+
+// checkExpect fails with meta.ErrConflict unless every pinned chunk entry
+// (loaded at the transaction's revision) still holds the expected chunk.
+// The transaction compares the inode record, which every chunk map change
+// rewrites, so what it checked cannot change before it commits.
+func (t *tx) checkExpect(ino meta.Ino, expect []meta.Expect) error {
+	for _, e := range expect {
+		var cur chunk.ID
+		if v := t.read[t.s.keys.chunk(ino, e.Index)]; v.modRev != 0 {
+			old, err := decodeChunkRef(e.Index, v.val)
+			if err != nil {
+				return err
+			}
+			cur = old.ID
+		}
+		if cur != e.ID {
+			return fmt.Errorf("chunk %d of inode %d is %s, the change was made from %s: %w", e.Index, ino, cur, e.ID, meta.ErrConflict)
+		}
+	}
+	return nil
 }
 
 // StatFS reports the number of inodes in use. It counts the inode keys on

@@ -153,7 +153,7 @@ func TestPersistence(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := metatestRef(3)
-	f, _, err = s.CommitWrite(ctx, f.Ino, []meta.Freed{{r}}[0], 4000)
+	f, _, err = s.CommitWrite(ctx, f.Ino, []meta.Freed{{r}}[0], nil, 4000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestQuotaNoSpace(t *testing.T) {
 		for j := range refs {
 			refs[j] = chunk.Ref{Index: uint64(i*len(refs) + j), ID: chunk.NewID(), Len: 1}
 		}
-		_, _, err := s.CommitWrite(ctx, f.Ino, refs, 1)
+		_, _, err := s.CommitWrite(ctx, f.Ino, refs, nil, 1)
 		if errors.Is(err, meta.ErrNoSpace) {
 			t.Log(err)
 			break

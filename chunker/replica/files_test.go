@@ -69,9 +69,12 @@ func (n *fakeNS) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) (
 	return out, nil
 }
 
-func (n *fakeNS) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, size uint64) (meta.Attr, meta.Freed, error) {
+func (n *fakeNS) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, expect []meta.Expect, size uint64) (meta.Attr, meta.Freed, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := n.check(ino, expect); err != nil {
+		return meta.Attr{}, nil, err
+	}
 	f := n.file(ino)
 	var freed meta.Freed
 	for _, r := range refs {
@@ -84,9 +87,22 @@ func (n *fakeNS) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref
 	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
 }
 
-func (n *fakeNS) Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref) (meta.Attr, meta.Freed, error) {
+// check fails with meta.ErrConflict if an expected entry changed.
+func (n *fakeNS) check(ino meta.Ino, expect []meta.Expect) error {
+	for _, e := range expect {
+		if n.file(ino).refs[e.Index].ID != e.ID {
+			return meta.ErrConflict
+		}
+	}
+	return nil
+}
+
+func (n *fakeNS) Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref, expect []meta.Expect) (meta.Attr, meta.Freed, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := n.check(ino, expect); err != nil {
+		return meta.Attr{}, nil, err
+	}
 	f := n.file(ino)
 	var freed meta.Freed
 	for idx, r := range f.refs {

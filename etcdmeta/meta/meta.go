@@ -27,6 +27,10 @@ var (
 	ErrStale       = errors.New("stale file handle")
 	ErrNoSpace     = errors.New("metadata space exhausted")
 	ErrTooManyLink = errors.New("too many links")
+	// ErrConflict means a chunk map entry a change was computed from has
+	// changed since (another node wrote the same chunk): nothing was
+	// applied, and the caller recomputes the change and tries again.
+	ErrConflict = errors.New("chunk map changed concurrently")
 )
 
 // Ino is an inode number. Inode numbers are allocated from a counter, never
@@ -112,6 +116,16 @@ type SetAttrArgs struct {
 	Mtime *int64
 }
 
+// Expect pins a chunk map entry that a change was computed from: the
+// change applies only if chunk Index of the file still holds chunk ID (the
+// zero ID: no chunk), and fails with ErrConflict otherwise. A write that
+// merges new bytes into an existing chunk, or a truncate that trims one,
+// expects what it read, so two nodes cannot silently undo each other.
+type Expect struct {
+	Index uint64
+	ID    chunk.ID
+}
+
 // Freed lists chunks that an operation removed from the namespace; the caller
 // deletes them from the chunk store once the metadata change is committed.
 type Freed []chunk.Ref
@@ -155,14 +169,16 @@ type Store interface {
 	Chunks(ctx context.Context, ino Ino, first, last uint64) ([]chunk.Ref, error)
 	// CommitWrite atomically records refs in ino's chunk map (replacing
 	// references with the same Index), raises the size to at least size,
-	// and sets mtime and ctime to now. The references it replaced are
+	// and sets mtime and ctime to now, provided every entry in expect is
+	// unchanged (ErrConflict otherwise). The references it replaced are
 	// returned. It fails with ErrStale if ino is gone.
-	CommitWrite(ctx context.Context, ino Ino, refs []chunk.Ref, size uint64) (Attr, Freed, error)
+	CommitWrite(ctx context.Context, ino Ino, refs []chunk.Ref, expect []Expect, size uint64) (Attr, Freed, error)
 	// Truncate sets ino's size. chunkSize tells which chunk references lie
 	// wholly past the new end: they are removed and returned. tail, when
 	// non-nil, replaces the reference of the chunk that holds the new end
 	// (rewritten by the caller with its bytes past the end dropped).
-	Truncate(ctx context.Context, ino Ino, size uint64, chunkSize uint64, tail *chunk.Ref) (Attr, Freed, error)
+	// Entries in expect must be unchanged, as for CommitWrite.
+	Truncate(ctx context.Context, ino Ino, size uint64, chunkSize uint64, tail *chunk.Ref, expect []Expect) (Attr, Freed, error)
 
 	// StatFS reports the number of inodes in use.
 	StatFS(ctx context.Context) (inodes uint64, err error)

@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ConcurrentRenameCycle", testConcurrentRenameCycle},
 		{"ReadDirPaging", testReadDirPaging},
 		{"CommitWriteChunks", testCommitWriteChunks},
+		{"ExpectConflicts", testExpectConflicts},
 		{"Truncate", testTruncate},
 		{"ManyChunks", testManyChunks},
 		{"StatFS", testStatFS},
@@ -242,7 +243,7 @@ func testSymlink(t *testing.T, s meta.Store) {
 	wantErr(t, err, meta.ErrNameTooLong)
 	_, err = s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644, Target: "x"})
 	wantErr(t, err, meta.ErrInvalid)
-	_, _, err = s.CommitWrite(ctx, l.Ino, []chunk.Ref{ref(0, 1)}, 10)
+	_, _, err = s.CommitWrite(ctx, l.Ino, []chunk.Ref{ref(0, 1)}, nil, 10)
 	wantErr(t, err, meta.ErrInvalid)
 	must(s.Unlink(ctx, meta.RootIno, "l"))(t)
 	_, err = s.GetAttr(ctx, l.Ino)
@@ -254,7 +255,7 @@ func testLinkUnlink(t *testing.T, s meta.Store) {
 	d := must(s.Create(ctx, meta.RootIno, "d", dir(0o755)))(t)
 	f := must(s.Create(ctx, meta.RootIno, "f", file(0o644)))(t)
 	refs := []chunk.Ref{ref(0, 1), ref(1, 1), ref(5, 1)}
-	must3(s.CommitWrite(ctx, f.Ino, refs, 6*100))(t)
+	must3(s.CommitWrite(ctx, f.Ino, refs, nil, 6*100))(t)
 
 	l := must(s.Link(ctx, f.Ino, d.Ino, "g"))(t)
 	if l.Nlink != 2 || l.Ino != f.Ino {
@@ -314,7 +315,7 @@ func testRenameFile(t *testing.T, s meta.Store) {
 	a := must(s.Create(ctx, meta.RootIno, "a", file(0o644)))(t)
 	b := must(s.Create(ctx, d.Ino, "b", file(0o644)))(t)
 	bRefs := []chunk.Ref{ref(0, 2), ref(1, 2)}
-	must3(s.CommitWrite(ctx, b.Ino, bRefs, 200))(t)
+	must3(s.CommitWrite(ctx, b.Ino, bRefs, nil, 200))(t)
 
 	// Same name: nothing happens.
 	if freed, err := s.Rename(ctx, meta.RootIno, "a", meta.RootIno, "a"); err != nil || len(freed) != 0 {
@@ -338,7 +339,7 @@ func testRenameFile(t *testing.T, s meta.Store) {
 	// Over a file with another link: that file survives with one link less.
 	c := must(s.Create(ctx, meta.RootIno, "c", file(0o644)))(t)
 	must(s.Link(ctx, c.Ino, meta.RootIno, "c2"))(t)
-	must3(s.CommitWrite(ctx, c.Ino, []chunk.Ref{ref(0, 3)}, 10))(t)
+	must3(s.CommitWrite(ctx, c.Ino, []chunk.Ref{ref(0, 3)}, nil, 10))(t)
 	x := must(s.Create(ctx, meta.RootIno, "x", file(0o644)))(t)
 	if freed := must(s.Rename(ctx, meta.RootIno, "x", meta.RootIno, "c"))(t); len(freed) != 0 {
 		t.Fatalf("replacing a linked file freed %v", freed)
@@ -622,7 +623,7 @@ func testReadDirPaging(t *testing.T, s meta.Store) {
 func testCommitWriteChunks(t *testing.T, s meta.Store) {
 	ctx := ctxT(t)
 	f := must(s.Create(ctx, meta.RootIno, "f", file(0o644)))(t)
-	a, freed := must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(2, 1), ref(0, 1), ref(1, 1)}, 3000))(t)
+	a, freed := must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(2, 1), ref(0, 1), ref(1, 1)}, nil, 3000))(t)
 	if len(freed) != 0 || a.Size != 3000 || a.Mtime < f.Mtime || a.Ctime < f.Ctime {
 		t.Fatalf("first commit: %+v freed %v", a, freed)
 	}
@@ -637,7 +638,7 @@ func testCommitWriteChunks(t *testing.T, s meta.Store) {
 		t.Fatalf("chunks past end = %v", got)
 	}
 	// Replace 1, add a hole-leaving 9, size never shrinks.
-	a, freed = must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(1, 2), ref(9, 2)}, 100))(t)
+	a, freed = must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(1, 2), ref(9, 2)}, nil, 100))(t)
 	if a.Size != 3000 || !slices.Equal(freed, meta.Freed{ref(1, 1)}) {
 		t.Fatalf("second commit: size %d freed %v", a.Size, freed)
 	}
@@ -647,17 +648,17 @@ func testCommitWriteChunks(t *testing.T, s meta.Store) {
 	// Rewriting a reference with the same chunk does not free it.
 	same := ref(9, 2)
 	same.Len = 5
-	if _, freed = must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{same}, 0))(t); len(freed) != 0 {
+	if _, freed = must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{same}, nil, 0))(t); len(freed) != 0 {
 		t.Fatalf("same-ID commit freed %v", freed)
 	}
 	if got := must(s.GetAttr(ctx, f.Ino))(t); got.Size != 3000 {
 		t.Fatalf("size = %d", got.Size)
 	}
-	_, _, err := s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(4, 1), ref(4, 2)}, 0)
+	_, _, err := s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(4, 1), ref(4, 2)}, nil, 0)
 	wantErr(t, err, meta.ErrInvalid)
-	_, _, err = s.CommitWrite(ctx, meta.RootIno, []chunk.Ref{ref(0, 1)}, 1)
+	_, _, err = s.CommitWrite(ctx, meta.RootIno, []chunk.Ref{ref(0, 1)}, nil, 1)
 	wantErr(t, err, meta.ErrIsDir)
-	_, _, err = s.CommitWrite(ctx, 1<<40, []chunk.Ref{ref(0, 1)}, 1)
+	_, _, err = s.CommitWrite(ctx, 1<<40, []chunk.Ref{ref(0, 1)}, nil, 1)
 	wantErr(t, err, meta.ErrStale)
 }
 
@@ -665,11 +666,11 @@ func testTruncate(t *testing.T, s meta.Store) {
 	ctx := ctxT(t)
 	const cs = 1000
 	f := must(s.Create(ctx, meta.RootIno, "f", file(0o644)))(t)
-	must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(0, 1), ref(1, 1), ref(2, 1), ref(3, 1)}, 4*cs))(t)
+	must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(0, 1), ref(1, 1), ref(2, 1), ref(3, 1)}, nil, 4*cs))(t)
 
 	// To 1.5 chunks with a rewritten tail: chunks 2 and 3 go, old 1 is freed.
 	tail := ref(1, 7)
-	a, freed := must3(s.Truncate(ctx, f.Ino, 1500, cs, &tail))(t)
+	a, freed := must3(s.Truncate(ctx, f.Ino, 1500, cs, &tail, nil))(t)
 	if a.Size != 1500 || !slices.Equal(freed, meta.Freed{ref(2, 1), ref(3, 1), ref(1, 1)}) {
 		t.Fatalf("truncate: size %d freed %v", a.Size, freed)
 	}
@@ -677,26 +678,26 @@ func testTruncate(t *testing.T, s meta.Store) {
 		t.Fatalf("chunks = %v", got)
 	}
 	// To an exact chunk boundary without tail: chunk 1 goes.
-	a, freed = must3(s.Truncate(ctx, f.Ino, cs, cs, nil))(t)
+	a, freed = must3(s.Truncate(ctx, f.Ino, cs, cs, nil, nil))(t)
 	if a.Size != cs || !slices.Equal(freed, meta.Freed{tail}) {
 		t.Fatalf("truncate to boundary: size %d freed %v", a.Size, freed)
 	}
 	// Growing frees nothing and keeps references.
-	a, freed = must3(s.Truncate(ctx, f.Ino, 10*cs, cs, nil))(t)
+	a, freed = must3(s.Truncate(ctx, f.Ino, 10*cs, cs, nil, nil))(t)
 	if a.Size != 10*cs || len(freed) != 0 {
 		t.Fatalf("grow: size %d freed %v", a.Size, freed)
 	}
 	bad := ref(5, 1)
-	_, _, err := s.Truncate(ctx, f.Ino, 1500, cs, &bad)
+	_, _, err := s.Truncate(ctx, f.Ino, 1500, cs, &bad, nil)
 	wantErr(t, err, meta.ErrInvalid)
-	_, _, err = s.Truncate(ctx, f.Ino, 1500, 0, nil)
+	_, _, err = s.Truncate(ctx, f.Ino, 1500, 0, nil, nil)
 	wantErr(t, err, meta.ErrInvalid)
-	_, _, err = s.Truncate(ctx, meta.RootIno, 0, cs, nil)
+	_, _, err = s.Truncate(ctx, meta.RootIno, 0, cs, nil, nil)
 	wantErr(t, err, meta.ErrIsDir)
-	_, _, err = s.Truncate(ctx, 1<<40, 0, cs, nil)
+	_, _, err = s.Truncate(ctx, 1<<40, 0, cs, nil, nil)
 	wantErr(t, err, meta.ErrStale)
 
-	a, freed = must3(s.Truncate(ctx, f.Ino, 0, cs, nil))(t)
+	a, freed = must3(s.Truncate(ctx, f.Ino, 0, cs, nil, nil))(t)
 	if a.Size != 0 || !slices.Equal(freed, meta.Freed{ref(0, 1)}) {
 		t.Fatalf("truncate to 0: size %d freed %v", a.Size, freed)
 	}
@@ -717,7 +718,7 @@ func testManyChunks(t *testing.T, s meta.Store) {
 		for i := range refs {
 			refs[i] = ref(uint64(start+i), 9)
 		}
-		must3(s.CommitWrite(ctx, f.Ino, refs, uint64(start+batch)*100))(t)
+		must3(s.CommitWrite(ctx, f.Ino, refs, nil, uint64(start+batch)*100))(t)
 		all = append(all, refs...)
 	}
 	if got := must(s.Chunks(ctx, f.Ino, 0, math.MaxUint64))(t); !slices.Equal(got, all) {
@@ -778,4 +779,31 @@ func testGetAttrs(t *testing.T, s meta.Store) {
 	if none := must(s.GetAttrs(ctx, nil))(t); len(none) != 0 {
 		t.Fatalf("GetAttrs(nil) = %v", none)
 	}
+}
+
+// testExpectConflicts: a change computed from a chunk map entry that has
+// changed since is refused with ErrConflict and applies nothing.
+func testExpectConflicts(t *testing.T, s meta.Store) {
+	ctx := ctxT(t)
+	f := must(s.Create(ctx, meta.RootIno, "f", file(0o644)))(t)
+	const cs = 1000
+	a := ref(0, 1)
+	must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{a}, []meta.Expect{{Index: 0}}, 500))(t) // a hole expected, and found
+
+	// Writer B merged from a and commits first; writer C also merged
+	// from a and must be refused.
+	b, c := ref(0, 2), ref(0, 3)
+	must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{b}, []meta.Expect{{Index: 0, ID: a.ID}}, 600))(t)
+	_, _, err := s.CommitWrite(ctx, f.Ino, []chunk.Ref{c}, []meta.Expect{{Index: 0, ID: a.ID}}, 900)
+	wantErr(t, err, meta.ErrConflict)
+	refs := must(s.Chunks(ctx, f.Ino, 0, 10))(t)
+	if attr := must(s.GetAttr(ctx, f.Ino))(t); len(refs) != 1 || refs[0].ID != b.ID || attr.Size != 600 {
+		t.Fatalf("after a refused commit: refs %v, size %d; want only b and size 600", refs, attr.Size)
+	}
+	// A truncate decided from a stale tail is refused too.
+	tail := ref(0, 4)
+	tail.Len = 100
+	_, _, err = s.Truncate(ctx, f.Ino, 100, cs, &tail, []meta.Expect{{Index: 0, ID: a.ID}})
+	wantErr(t, err, meta.ErrConflict)
+	must3(s.Truncate(ctx, f.Ino, 100, cs, &tail, []meta.Expect{{Index: 0, ID: b.ID}}))(t)
 }
