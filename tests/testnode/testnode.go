@@ -179,7 +179,15 @@ func (p *Process) Output() string { return p.stderr.String() }
 // Mount mounts the export at addr with go-nfs-client as the given user.
 // Close the returned mount when done.
 func Mount(addr string, uid, gid uint32) (*nfsc.Target, func(), error) {
-	c, err := rpc.DialTCP("tcp", addr, false)
+	// go-nfs-client binds a random local port in 49152-65535 and fails
+	// when that one is taken: try another.
+	var c *rpc.Client
+	var err error
+	for range 20 {
+		if c, err = rpc.DialTCP("tcp", addr, false); !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
