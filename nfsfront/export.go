@@ -120,7 +120,7 @@ func (s *Server) callerCreds(cl call) creds {
 	}
 	x := s.cfg.Exports[hd.Export]
 	c.readOnly = x.ReadOnly
-	if x.Squash == SquashAll || (x.Squash == SquashRoot && c.uid == 0) {
+	if c.anon || x.Squash == SquashAll || (x.Squash == SquashRoot && c.uid == 0) {
 		c.uid, c.gid, c.gids = x.AnonUID, x.AnonGID, nil
 		return c
 	}

@@ -214,3 +214,30 @@ func TestForwardedProcedureNeedsValidHandle(t *testing.T) {
 		t.Fatal("COMMIT with a valid handle from an admitted client was not forwarded to go-nfs")
 	}
 }
+
+func TestAuthNullIsTheExportsAnonymousUser(t *testing.T) {
+	s := exportTestServer(t)
+	ro := s.handleFor(creds{export: 1}, rootAttr)
+	h, err := parseCall(callRecord(5, progNFS, 3, procGetattr, opaqueArg(ro))) // AUTH_NONE
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := s.callerCreds(call{h, originFrom("192.168.1.1")}); c.uid != 1000 || c.gid != 1000 {
+		t.Fatalf("AUTH_NULL caller became %d:%d, want the export's 1000:1000", c.uid, c.gid)
+	}
+}
+
+func TestOnlyOwnerSetsExplicitTimes(t *testing.T) {
+	s := exportTestServer(t)
+	rw := s.handleFor(creds{export: 0}, rootAttr)
+	// SETATTR: no mode, uid, gid or size; atime unchanged; mtime set to a
+	// client time (time_how 2); no guard.
+	args := opaqueArg(rw)
+	for _, v := range []uint32{0, 0, 0, 0, 0, 2, 1000000000, 0, 0} {
+		args = binary.BigEndian.AppendUint32(args, v)
+	}
+	reply, _ := s.dispatch(context.Background(), sysCall(6, progNFS, 3, procSetattr, 500, 500, args), originFrom("10.1.2.3"))
+	if got := nfsStatus(t, reply); got != 1 {
+		t.Fatalf("non-owner setting an explicit mtime: status %d, want NFS3ERR_PERM", got)
+	}
+}

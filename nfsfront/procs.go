@@ -171,6 +171,8 @@ type sattr struct {
 	mode, uid, gid *uint32
 	size           *uint64
 	atime, mtime   *int64
+	// clientTime: a time was given by the client rather than "now".
+	clientTime bool
 }
 
 const (
@@ -203,6 +205,7 @@ func decodeSattr(d *xdrDecoder) sattr {
 		case timeClient:
 			sec, nsec := d.u32(), d.u32()
 			v := int64(sec)*1e9 + int64(nsec)
+			sa.clientTime = true
 			return &v
 		default:
 			if d.err == nil {
@@ -382,8 +385,10 @@ func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr,
 		args.Mode = &m
 	}
 	if sa.atime != nil || sa.mtime != nil {
-		if !owner && !allowed(a, c, permWrite) {
-			return fmt.Errorf("utimes inode %d: %w", a.Ino, errAccess)
+		// utimes(2): anyone who may write can set the times to now; only
+		// the owner (or root) can set them to a given time.
+		if !owner && (sa.clientTime || !allowed(a, c, permWrite)) {
+			return fmt.Errorf("utimes inode %d: %w", a.Ino, errPerm)
 		}
 		args.Atime, args.Mtime = sa.atime, sa.mtime
 	}
@@ -666,6 +671,10 @@ func (s *Server) rename(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 		}
 		if !mayUnlink(fdir, victim, c) {
 			return fmt.Errorf("rename %q out of sticky directory: %w", from.name, errPerm)
+		}
+		if victim.Type == meta.TypeDir && fdir.Ino != tdir.Ino && !allowed(victim, c, permWrite) {
+			// Moving a directory rewrites its "..": it must be writable.
+			return fmt.Errorf("move directory %q to another parent: %w", from.name, errAccess)
 		}
 		if old, err := ns.Lookup(ctx, tdir.Ino, to.name); err == nil && !mayUnlink(tdir, old, c) {
 			return fmt.Errorf("rename over %q in sticky directory: %w", to.name, errPerm)

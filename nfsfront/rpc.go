@@ -85,6 +85,7 @@ type creds struct {
 	readOnly  bool // the export refuses changes
 	denied    bool // the export does not admit this client
 	badHandle bool // the first handle did not decode
+	anon      bool // no AUTH_SYS credentials: the export's anonymous user
 }
 
 // parseCall decodes the RPC call header of a record. On error the xid is
@@ -114,7 +115,7 @@ func parseCall(rec []byte) (rpcCallHeader, error) {
 	if d.err != nil {
 		return h, fmt.Errorf("rpc call auth: %w: %w", errBadCred, d.err)
 	}
-	h.cred = creds{uid: anonymousID, gid: anonymousID}
+	h.cred = creds{uid: anonymousID, gid: anonymousID, anon: true}
 	if flavor == authSys {
 		ad := xdrDecoder{b: body}
 		_ = ad.u32()       // stamp
