@@ -3,6 +3,8 @@ package chunker
 import (
 	"math/rand/v2"
 	"testing"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunkertest"
 )
 
 // BenchmarkReadAt4KiB measures 4 KiB reads at random 4 KiB-aligned offsets
@@ -14,7 +16,7 @@ func BenchmarkReadAt4KiB(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = s.Close() }()
-	f := NewFiles(newFakeNS(), s, DefaultChunkSize, testLogger(b))
+	f := NewFiles(chunkertest.NewNamespace(), s, DefaultChunkSize, testLogger(b))
 	const (
 		chunks = 64
 		size   = chunks * DefaultChunkSize

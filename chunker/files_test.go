@@ -2,139 +2,42 @@ package chunker
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"testing"
+
+	"github.com/wormhole-fs/wormhole/chunker/chunkertest"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
-// fakeNS is an in-memory Namespace: per inode, a chunk map and a size.
-type fakeNS struct {
-	mu      sync.Mutex
-	files   map[meta.Ino]*fakeFile
-	commits int
-}
-
-type fakeFile struct {
-	refs map[uint64]chunk.Ref
-	size uint64
-}
-
-func newFakeNS() *fakeNS { return &fakeNS{files: make(map[meta.Ino]*fakeFile)} }
-
-func (n *fakeNS) file(ino meta.Ino) *fakeFile {
-	f := n.files[ino]
-	if f == nil {
-		f = &fakeFile{refs: make(map[uint64]chunk.Ref)}
-		n.files[ino] = f
-	}
-	return f
-}
-
-func (n *fakeNS) size(ino meta.Ino) uint64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.file(ino).size
-}
-
-func (n *fakeNS) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	var out []chunk.Ref
-	for idx, r := range n.file(ino).refs {
-		if idx >= first && idx <= last {
-			out = append(out, r)
-		}
-	}
-	slices.SortFunc(out, func(a, b chunk.Ref) int { return cmp.Compare(a.Index, b.Index) })
-	return out, nil
-}
-
-func (n *fakeNS) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, expect []meta.Expect, size uint64) (meta.Attr, meta.Freed, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.check(ino, expect); err != nil {
-		return meta.Attr{}, nil, err
-	}
-	n.commits++
-	f := n.file(ino)
-	var freed meta.Freed
-	for _, r := range refs {
-		if old, ok := f.refs[r.Index]; ok {
-			freed = append(freed, old)
-		}
-		f.refs[r.Index] = r
-	}
-	f.size = max(f.size, size)
-	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
-}
-
-// check fails with meta.ErrConflict if an expected entry changed.
-func (n *fakeNS) check(ino meta.Ino, expect []meta.Expect) error {
-	for _, e := range expect {
-		if n.file(ino).refs[e.Index].ID != e.ID {
-			return meta.ErrConflict
-		}
-	}
-	return nil
-}
-
-func (n *fakeNS) Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref, expect []meta.Expect) (meta.Attr, meta.Freed, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.check(ino, expect); err != nil {
-		return meta.Attr{}, nil, err
-	}
-	f := n.file(ino)
-	var freed meta.Freed
-	for idx, r := range f.refs {
-		if idx*chunkSize >= size {
-			freed = append(freed, r)
-			delete(f.refs, idx)
-		}
-	}
-	if tail != nil {
-		if old, ok := f.refs[tail.Index]; ok {
-			freed = append(freed, old)
-		}
-		f.refs[tail.Index] = *tail
-	}
-	f.size = size
-	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
-}
-
 // checkRefs verifies that no chunk holds bytes past the file size and that
 // every referenced chunk exists with its recorded length and checksum.
-func (n *fakeNS) checkRefs(t *testing.T, s *LocalStore, ino meta.Ino) int {
+func checkRefs(t *testing.T, n *chunkertest.Namespace, s *LocalStore, ino meta.Ino) int {
 	t.Helper()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	f := n.file(ino)
-	for idx, r := range f.refs {
+	refs := n.Refs(ino)
+	for _, r := range refs {
 		data, err := s.Get(t.Context(), r.ID)
 		if err != nil {
-			t.Fatalf("chunk %d: %v", idx, err)
+			t.Fatalf("chunk %d: %v", r.Index, err)
 		}
 		if len(data) != int(r.Len) || sumOf(data) != r.Sum {
-			t.Fatalf("chunk %d: ref does not match stored chunk", idx)
+			t.Fatalf("chunk %d: ref does not match stored chunk", r.Index)
 		}
 	}
-	return len(f.refs)
+	return len(refs)
 }
 
 const testChunkSize = 4096
 
-func newTestFiles(t *testing.T) (*Files, *fakeNS, *LocalStore) {
+func newTestFiles(t *testing.T) (*Files, *chunkertest.Namespace, *LocalStore) {
 	t.Helper()
 	s := openTestStore(t)
-	ns := newFakeNS()
+	ns := chunkertest.NewNamespace()
 	return NewFiles(ns, s, testChunkSize, testLogger(t)), ns, s
 }
 
@@ -169,13 +72,13 @@ func TestFilesModel(t *testing.T) {
 			if tt.noRange {
 				blobs = struct{ Blobs }{s} // hides GetRange
 			}
-			ns := newFakeNS()
+			ns := chunkertest.NewNamespace()
 			testFilesModel(t, NewFiles(ns, blobs, tt.chunkSize, testLogger(t)), ns, s, tt.chunkSize)
 		})
 	}
 }
 
-func testFilesModel(t *testing.T, f *Files, ns *fakeNS, s *LocalStore, testChunkSize int) {
+func testFilesModel(t *testing.T, f *Files, ns *chunkertest.Namespace, s *LocalStore, testChunkSize int) {
 	ctx := t.Context()
 	const ino = meta.Ino(7)
 	maxSize := 6*testChunkSize + 123
@@ -238,7 +141,7 @@ func testFilesModel(t *testing.T, f *Files, ns *fakeNS, s *LocalStore, testChunk
 				t.Fatalf("op %d: ReadAt(%d, %d) differs from model", op, off, len(p))
 			}
 		}
-		if got := ns.size(ino); got != uint64(len(model)) {
+		if got := ns.Size(ino); got != uint64(len(model)) {
 			t.Fatalf("op %d: namespace size %d, model %d", op, got, len(model))
 		}
 	}
@@ -247,7 +150,7 @@ func testFilesModel(t *testing.T, f *Files, ns *fakeNS, s *LocalStore, testChunk
 	}
 	// Every replaced chunk was deleted: the store holds exactly the
 	// referenced chunks.
-	refs := ns.checkRefs(t, s, ino)
+	refs := checkRefs(t, ns, s, ino)
 	if files := countChunkFiles(t, s.Dir()); files != refs {
 		t.Fatalf("store holds %d chunks, chunk map references %d", files, refs)
 	}
@@ -266,7 +169,7 @@ func TestFilesUnalignedAcrossChunks(t *testing.T) {
 	if got := readAll(t, f, ino, uint64(len(want))); !bytes.Equal(got, want) {
 		t.Fatal("content differs")
 	}
-	if n := ns.checkRefs(t, s, ino); n != 4 {
+	if n := checkRefs(t, ns, s, ino); n != 4 {
 		t.Fatalf("%d chunks, want 4", n)
 	}
 	// The last chunk holds only the bytes written into it.
@@ -279,7 +182,7 @@ func TestFilesUnalignedAcrossChunks(t *testing.T) {
 func TestFilesLargeWrite(t *testing.T) {
 	ctx := t.Context()
 	s := openTestStore(t)
-	ns := newFakeNS()
+	ns := chunkertest.NewNamespace()
 	f := NewFiles(ns, s, 0, testLogger(t)) // DefaultChunkSize
 	const ino = meta.Ino(3)
 	p := make([]byte, 3<<20+17)
@@ -290,11 +193,11 @@ func TestFilesLargeWrite(t *testing.T) {
 	if _, err := f.WriteAt(ctx, ino, p, off); err != nil {
 		t.Fatal(err)
 	}
-	if ns.commits != 1 {
-		t.Errorf("%d commits, want 1", ns.commits)
+	if ns.Commits() != 1 {
+		t.Errorf("%d commits, want 1", ns.Commits())
 	}
 	got := make([]byte, len(p))
-	if n, err := f.ReadAt(ctx, ino, ns.size(ino), got, off); n != len(p) || (err != nil && err != io.EOF) {
+	if n, err := f.ReadAt(ctx, ino, ns.Size(ino), got, off); n != len(p) || (err != nil && err != io.EOF) {
 		t.Fatalf("ReadAt = %d, %v", n, err)
 	}
 	if !bytes.Equal(got, p) {
@@ -361,7 +264,7 @@ func TestFilesTruncateThenExtendReadsZeros(t *testing.T) {
 	if _, err := f.WriteAt(ctx, ino, []byte{1}, 4*testChunkSize); err != nil {
 		t.Fatal(err)
 	}
-	got := readAll(t, f, ino, ns.size(ino))
+	got := readAll(t, f, ino, ns.Size(ino))
 	want := make([]byte, 4*testChunkSize+1)
 	copy(want, p[:cut])
 	want[len(want)-1] = 1
@@ -377,7 +280,7 @@ func TestFilesTruncateThenExtendReadsZeros(t *testing.T) {
 	if len(refs) != 1 || refs[0].Len != 100 {
 		t.Fatalf("tail ref %+v, want Len 100", refs)
 	}
-	if files, refs := countChunkFiles(t, s.Dir()), ns.checkRefs(t, s, ino); files != refs || refs != 3 {
+	if files, refs := countChunkFiles(t, s.Dir()), checkRefs(t, ns, s, ino); files != refs || refs != 3 {
 		t.Fatalf("%d chunk files, %d refs, want 3", files, refs)
 	}
 }
@@ -404,7 +307,7 @@ func TestFilesConcurrentWritesToOneChunk(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	got := readAll(t, f, ino, ns.size(ino))
+	got := readAll(t, f, ino, ns.Size(ino))
 	for g := range writers {
 		for _, base := range []int{0, 2 * testChunkSize} {
 			part := got[base+g*piece : base+(g+1)*piece]
@@ -437,7 +340,7 @@ func TestFilesConcurrentReadDuringWrites(t *testing.T) {
 	wg.Go(func() {
 		p := make([]byte, 10)
 		for range 200 {
-			if _, err := f.ReadAt(ctx, ino, ns.size(ino), p, 100); err != nil {
+			if _, err := f.ReadAt(ctx, ino, ns.Size(ino), p, 100); err != nil {
 				t.Errorf("ReadAt during writes: %v", err)
 				return
 			}
@@ -500,12 +403,12 @@ func TestFilesEdgeCases(t *testing.T) {
 	if _, err := f.WriteAt(cctx, ino, []byte("x"), 0); err == nil {
 		t.Error("write with cancelled context succeeded")
 	}
-	if ns.size(ino) != 0 {
-		t.Errorf("size %d after failed writes", ns.size(ino))
+	if ns.Size(ino) != 0 {
+		t.Errorf("size %d after failed writes", ns.Size(ino))
 	}
 }
 
-var _ Namespace = (*fakeNS)(nil)
+var _ Namespace = (*chunkertest.Namespace)(nil)
 
 func BenchmarkWriteAt1MiB(b *testing.B) {
 	s, err := OpenLocal(b.TempDir(), testLogger(b))
@@ -513,7 +416,7 @@ func BenchmarkWriteAt1MiB(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = s.Close() }()
-	f := NewFiles(newFakeNS(), s, DefaultChunkSize, testLogger(b))
+	f := NewFiles(chunkertest.NewNamespace(), s, DefaultChunkSize, testLogger(b))
 	p := make([]byte, DefaultChunkSize)
 	b.SetBytes(int64(len(p)))
 	for i := 0; b.Loop(); i++ {
@@ -553,7 +456,7 @@ func TestFilesWritersOnTwoNodes(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	got := readAll(t, f1, ino, ns.size(ino))
+	got := readAll(t, f1, ino, ns.Size(ino))
 	for g := range writers {
 		for _, base := range []int{0, testChunkSize} {
 			if part := got[base+g*piece : base+(g+1)*piece]; !bytes.Equal(part, bytes.Repeat([]byte{byte(g + 1)}, piece)) {
@@ -561,5 +464,5 @@ func TestFilesWritersOnTwoNodes(t *testing.T) {
 			}
 		}
 	}
-	ns.checkRefs(t, s, ino)
+	checkRefs(t, ns, s, ino)
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wormhole-fs/wormhole/chunker/chunkertest"
+
 	"github.com/rs/zerolog"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
@@ -258,7 +260,7 @@ func TestFilesPartialReadUsesRange(t *testing.T) {
 	ctx := t.Context()
 	s := openTestStore(t)
 	blobs := &countingBlobs{LocalStore: s}
-	ns := newFakeNS()
+	ns := chunkertest.NewNamespace()
 	f := NewFiles(ns, blobs, DefaultChunkSize, testLogger(t))
 	const ino = meta.Ino(3)
 	const size = 2*DefaultChunkSize + 5000
@@ -303,7 +305,7 @@ func TestFilesPartialReadUsesRange(t *testing.T) {
 func TestFilesRangeShorterThanMap(t *testing.T) {
 	ctx := t.Context()
 	s := openTestStore(t)
-	ns := newFakeNS()
+	ns := chunkertest.NewNamespace()
 	f := NewFiles(ns, s, DefaultChunkSize, testLogger(t))
 	const ino = meta.Ino(4)
 	if _, err := f.WriteAt(ctx, ino, pattern(10000, 1), 0); err != nil {
@@ -314,11 +316,9 @@ func TestFilesRangeShorterThanMap(t *testing.T) {
 	if _, err := s.Put(ctx, short, pattern(5000, 1)); err != nil {
 		t.Fatal(err)
 	}
-	ns.mu.Lock()
 	r := refs[0]
 	r.ID = short
-	ns.files[ino].refs[0] = r
-	ns.mu.Unlock()
+	ns.SetRef(ino, r)
 	p := make([]byte, 100)
 	if n, err := f.ReadAt(ctx, ino, 10000, p, 4950); !errors.Is(err, chunk.ErrCorrupt) || n != 0 {
 		t.Errorf("ReadAt past a short chunk's end = %d, %v; want 0, ErrCorrupt", n, err)
