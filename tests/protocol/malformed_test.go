@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"runtime"
@@ -54,7 +55,11 @@ func TestMalformedRPCsLeaveServerAnswering(t *testing.T) {
 			c.Close()
 		}
 	}
-	if err := testnode.Ping(addr, 5*time.Second); err != nil {
+	// The node may refuse connections until it has reaped the 180 closed
+	// ones (its per-client limit is 64); it must answer again soon after.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := testnode.PingUntil(ctx, addr); err != nil {
 		t.Fatalf("node stopped answering after malformed records: %v", err)
 	}
 	var after runtime.MemStats

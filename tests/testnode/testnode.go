@@ -108,6 +108,24 @@ func (p *Process) WaitReady(ctx context.Context) error {
 	}
 }
 
+// PingUntil sends NFSv3 NULL calls to addr until one is answered or ctx
+// ends, and returns the last error then. Use it where a node may refuse
+// connections for a while by design (its connection limit reached while
+// closed connections are reaped, say) but must answer again.
+func PingUntil(ctx context.Context, addr string) error {
+	for {
+		err := Ping(addr, time.Second)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond): // poll interval, not a wait for an event
+		}
+	}
+}
+
 // Ping sends an NFSv3 NULL call to addr and waits up to timeout for the
 // reply.
 func Ping(addr string, timeout time.Duration) error {
