@@ -198,9 +198,9 @@ func (s *Server) serveTCP(ctx context.Context, l net.Listener, svc services, ep 
 		}
 		client := clientName(raw.RemoteAddr())
 		mu.Lock()
-		if len(conns) >= s.cfg.MaxConns || perClient[client] >= s.cfg.MaxConnsPerClient {
+		if open := len(conns); open >= s.cfg.MaxConns || perClient[client] >= s.cfg.MaxConnsPerClient {
 			mu.Unlock()
-			s.log.Warn().Str("client", client).Int("open", len(conns)).Msg("connection refused: connection limit reached")
+			s.log.Warn().Str("client", client).Int("open", open).Msg("connection refused: connection limit reached")
 			raw.Close()
 			continue
 		}
