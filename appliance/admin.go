@@ -40,6 +40,12 @@ type Status struct {
 	Situation string `json:"situation"`
 	Summary   string `json:"summary"`
 	Advice    string `json:"advice,omitempty"`
+
+	// The cluster part, empty on a single node: this node's id, every
+	// node, the declared redundancy and the chunk census.
+	Node       string            `json:"node,omitempty"`
+	Nodes      []NodeStatus      `json:"nodes,omitempty"`
+	Redundancy *RedundancyStatus `json:"redundancy,omitempty"`
 }
 
 // Capacity is the chunk store's disk.
@@ -64,6 +70,10 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	if st.Inodes, err = n.ns.StatFS(ctx); err != nil {
 		return st, fmt.Errorf("namespace: %w", err)
 	}
+	if n.cl != nil {
+		st.ClusterID = n.cl.st.ClusterID
+		return st, n.clusterStatus(ctx, &st)
+	}
 	st.Situation, st.Summary = "healthy", "single node: every chunk has its one copy on this node's disk, and its checksum is verified on every read."
 	if st.Capacity.TotalBytes > 0 && float64(st.Capacity.FreeBytes) < lowSpace*float64(st.Capacity.TotalBytes) {
 		st.Situation = "degraded"
@@ -77,6 +87,25 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 // adminHandler serves /v1/status and /metrics behind the token.
 func (n *Node) adminHandler(token string, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
+		ttl := DefaultTokenTTL
+		if v := r.URL.Query().Get("ttl"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				http.Error(w, fmt.Sprintf("ttl %q: want a positive duration such as 24h", v), http.StatusBadRequest)
+				return
+			}
+			ttl = d
+		}
+		tok, err := n.NewJoinToken(r.Context(), ttl)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		n.log.Info().Str("token", tok.Redacted()).Dur("ttl", ttl).Msg("join token created")
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"token": tok.String(), "expires": time.Now().Add(ttl)})
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := n.Status(r.Context())
 		if err != nil {

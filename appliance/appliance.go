@@ -16,9 +16,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wormhole-fs/wormhole/chunker"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
@@ -36,6 +38,13 @@ type Node struct {
 	ns      *etcdmeta.Store
 	started time.Time
 	closers []func() error
+
+	// cl is nil for a single node, which keeps every chunk on its own
+	// disk; a node of a cluster made by `wormhole init` or `wormhole join`
+	// holds its cluster parts there.
+	cl *clusterNode
+	// underReplicated counts the chunks found below their redundancy.
+	underReplicated atomic.Uint64
 
 	admin      net.Listener // nil when admin.addr is empty
 	adminToken string
@@ -83,21 +92,54 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		}
 	}
 
-	secret, err := loadSecret(filepath.Join(dataDir, "cluster.key"))
+	st, clustered, err := loadState(dataDir)
 	if err != nil {
 		return nil, err
 	}
-
-	n.etcd, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
-		Dir:        filepath.Join(dataDir, "etcd"),
-		QuotaBytes: cfg.Etcd.QuotaBytes,
-	}, log.With().Str("component", "etcd").Logger())
-	if err != nil {
-		return nil, err
+	var (
+		secret []byte
+		cli    *clientv3.Client
+	)
+	clusterID := cfg.ClusterID
+	if clustered {
+		if cfg.Node.ID != "" && cfg.Node.ID != st.NodeID {
+			return nil, fmt.Errorf("node.id is %s but data dir %s belongs to node %s: fix node.id", cfg.Node.ID, dataDir, st.NodeID)
+		}
+		if err := checkAdvertise(cfg.Node.Advertise); err != nil {
+			return nil, err
+		}
+		n.cl = &clusterNode{st: st, adv: cfg.Node.Advertise}
+		if n.cl.id, err = loadIdentity(dataDir); err != nil {
+			return nil, err
+		}
+		if err := n.cl.listen(cfg); err != nil {
+			return nil, err
+		}
+		n.closers = append(n.closers, func() error {
+			// Serve closes them; closing again only matters when it never ran.
+			ignoreClosed(n.cl.peerLis.Close())
+			return ignoreClosed(n.cl.joinLis.Close())
+		})
+		secret, clusterID = n.cl.id.secret, st.ClusterID
+		if cli, err = n.startClusterEtcd(ctx, dataDir); err != nil {
+			return nil, err
+		}
+	} else {
+		if secret, err = loadSecret(secretPath(dataDir)); err != nil {
+			return nil, err
+		}
+		n.etcd, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
+			Dir:        filepath.Join(dataDir, "etcd"),
+			QuotaBytes: cfg.Etcd.QuotaBytes,
+		}, log.With().Str("component", "etcd").Logger())
+		if err != nil {
+			return nil, err
+		}
+		n.closers = append(n.closers, n.etcd.Close)
+		cli = n.etcd.Client()
 	}
-	n.closers = append(n.closers, n.etcd.Close)
 
-	ns, err := etcdmeta.New(ctx, n.etcd.Client(), cfg.ClusterID, log.With().Str("component", "meta").Logger())
+	ns, err := etcdmeta.New(ctx, cli, clusterID, log.With().Str("component", "meta").Logger())
 	if err != nil {
 		return nil, fmt.Errorf("namespace: %w", err)
 	}
@@ -112,7 +154,17 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		return nil, err
 	}
 	n.closers = append(n.closers, n.store.Close)
-	files := chunker.NewFiles(ns, n.store, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
+	var (
+		blobs chunker.Blobs = n.store
+		usage usageReporter = n.store
+	)
+	if clustered {
+		if err := n.startCluster(ctx); err != nil {
+			return nil, err
+		}
+		blobs, usage = n.cl.replica, clusterUsage{n.cl.members, cfg.Redundancy.Copies}
+	}
+	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
 
 	exports, err := cfg.NFS.nfsExports()
 	if err != nil {
@@ -121,18 +173,23 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	n.nfs, err = nfsfront.New(nfsfront.Config{
 		OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord, Exports: exports,
 		MaxConns: cfg.NFS.MaxConnections, MaxConnsPerClient: cfg.NFS.MaxConnectionsPerClient, IdleTimeout: cfg.NFS.IdleTimeout,
-	}, ns, dataPath{files, n.store}, secret, log.With().Str("component", "nfs").Logger())
+	}, ns, dataPath{files, usage}, secret, log.With().Str("component", "nfs").Logger())
 	if err != nil {
 		return nil, err
 	}
 	return n, nil
 }
 
-// dataPath joins the byte layer and the store's capacity report into the
-// front's Data interface.
+// usageReporter reports the capacity NFS clients see.
+type usageReporter interface {
+	Usage() (total, free uint64, err error)
+}
+
+// dataPath joins the byte layer and the capacity report into the front's
+// Data interface.
 type dataPath struct {
 	*chunker.Files
-	*chunker.LocalStore
+	usageReporter
 }
 
 // NFSAddr is the address the NFS front listens on.
@@ -161,6 +218,16 @@ func (n *Node) Serve(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
+	var errMu sync.Mutex
+	var more []error // failures of the cluster services
+	if n.cl != nil {
+		n.serveCluster(ctx, &wg, func(err error) {
+			errMu.Lock()
+			more = append(more, err)
+			errMu.Unlock()
+			cancel()
+		})
+	}
 	wg.Go(func() {
 		if errs[0] = n.nfs.Serve(ctx, n.lis); errs[0] != nil {
 			cancel()
@@ -176,13 +243,22 @@ func (n *Node) Serve(ctx context.Context) error {
 	}
 	select {
 	case <-ctx.Done():
-	case err := <-n.etcd.Err():
+	case err := <-n.etcdErr():
 		// etcd stopped under us: stop serving rather than answer wrongly.
 		errs[2] = fmt.Errorf("embedded etcd stopped: %w", err)
 		cancel()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return errors.Join(append(errs, more...)...)
+}
+
+// etcdErr reports the embedded etcd's failure; nil (never ready) when the
+// node runs no member.
+func (n *Node) etcdErr() <-chan error {
+	if n.etcd == nil {
+		return nil
+	}
+	return n.etcd.Err()
 }
 
 // Close stops every component in reverse start order. It is idempotent.
@@ -238,15 +314,8 @@ func loadSecret(path string) ([]byte, error) {
 	if _, err := rand.Read(b); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, b); err != nil {
-		return nil, fmt.Errorf("handle key %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("handle key %s: %w", path, err)
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("handle key %s: %w", path, err)
+	if err := writeAtomic(path, b); err != nil {
+		return nil, fmt.Errorf("handle key: %w", err)
 	}
 	return b, nil
 }

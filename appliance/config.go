@@ -31,7 +31,13 @@ type Config struct {
 	Chunks  ChunkConfig `koanf:"chunks"`
 	Etcd    EtcdConfig  `koanf:"etcd"`
 	Admin   AdminConfig `koanf:"admin"`
-	Log     LogConfig   `koanf:"log"`
+	// Node, Cluster and Redundancy matter once the node belongs to a
+	// cluster made by `wormhole init` or `wormhole join`; a data
+	// directory that never was is a single node of its own.
+	Node       NodeConfig       `koanf:"node"`
+	Cluster    ClusterConfig    `koanf:"cluster"`
+	Redundancy RedundancyConfig `koanf:"redundancy"`
+	Log        LogConfig        `koanf:"log"`
 
 	// Version is the running binary's version, set by the command, not
 	// the file.
@@ -127,10 +133,63 @@ type ChunkConfig struct {
 	Size int `koanf:"size" validate:"min=65536,max=67108864"`
 }
 
-// EtcdConfig configures the embedded etcd member.
+// EtcdConfig configures the embedded etcd member, or the external etcd
+// cluster used instead.
 type EtcdConfig struct {
 	// QuotaBytes is etcd's backend quota (etcd suggests at most 8 GiB).
 	QuotaBytes int64 `koanf:"quota_bytes" validate:"min=104857600,max=8589934592"`
+	// Voters is how many nodes of a cluster run an embedded etcd member
+	// (1, 3 or 5): the first nodes to join do, the others are clients.
+	Voters int `koanf:"voters" validate:"oneof=1 3 5"`
+	// PeerPort and ClientPort are the embedded member's raft and client
+	// ports, on node.advertise.
+	PeerPort   int `koanf:"peer_port" validate:"min=1,max=65535"`
+	ClientPort int `koanf:"client_port" validate:"min=1,max=65535"`
+	// Endpoints, when set, point at an external etcd cluster
+	// (https://host:port) used instead of embedded members.
+	Endpoints []string `koanf:"endpoints" validate:"dive,url"`
+	// CAFile, CertFile and KeyFile authenticate this node to the external
+	// etcd cluster (mutual TLS); empty uses the system roots and no client
+	// certificate.
+	CAFile   string `koanf:"ca_file"`
+	CertFile string `koanf:"cert_file" validate:"required_with=KeyFile"`
+	KeyFile  string `koanf:"key_file" validate:"required_with=CertFile"`
+}
+
+// NodeConfig describes this node to the cluster.
+type NodeConfig struct {
+	// ID names the node in the cluster; default: the host name.
+	ID string `koanf:"id" validate:"omitempty,max=64,clusterid"`
+	// Advertise is the IP address other nodes reach this one at. Needed
+	// by `wormhole init` and `wormhole join`.
+	Advertise string `koanf:"advertise" validate:"omitempty,ip"`
+	// Zone is the node's failure domain (a rack, a room, a site): copies
+	// of a chunk spread over zones first.
+	Zone string `koanf:"zone" validate:"max=64"`
+	// Tier is the node's storage class, such as ssd or hdd.
+	Tier string `koanf:"tier" validate:"max=64"`
+}
+
+// ClusterConfig sets the ports nodes talk to each other on, all on
+// node.advertise.
+type ClusterConfig struct {
+	// GossipPort (TCP and UDP) carries membership and liveness.
+	GossipPort int `koanf:"gossip_port" validate:"min=1,max=65535"`
+	// DataPort carries chunks between nodes, over mutual TLS.
+	DataPort int `koanf:"data_port" validate:"min=1,max=65535"`
+	// JoinPort answers `wormhole join` (TLS, token-authenticated).
+	JoinPort int `koanf:"join_port" validate:"min=1,max=65535"`
+}
+
+// RedundancyConfig is the cluster's default redundancy policy.
+type RedundancyConfig struct {
+	// Copies is how many nodes hold each chunk.
+	Copies int `koanf:"copies" validate:"min=1,max=5"`
+	// WhenShort says what a write does when fewer nodes than Copies can
+	// take it: "degraded" stores the copies it can (at least one), answers
+	// the client and reports the chunk for repair; "refuse" fails the
+	// write, so an acknowledged write always has every copy.
+	WhenShort string `koanf:"when_short" validate:"oneof=degraded refuse"`
 }
 
 // LogConfig configures logging.
@@ -148,10 +207,12 @@ func DefaultConfig() Config {
 			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
-		Chunks: ChunkConfig{Size: 1 << 20},
-		Etcd:   EtcdConfig{QuotaBytes: 2 << 30},
-		Admin:  AdminConfig{Addr: "127.0.0.1:9470"},
-		Log:    LogConfig{Level: "info", Format: "console"},
+		Chunks:     ChunkConfig{Size: 1 << 20},
+		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, Voters: 3, PeerPort: 2380, ClientPort: 2379},
+		Admin:      AdminConfig{Addr: "127.0.0.1:9470"},
+		Log:        LogConfig{Level: "info", Format: "console"},
+		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},
+		Redundancy: RedundancyConfig{Copies: 2, WhenShort: "degraded"},
 	}
 }
 
@@ -250,6 +311,12 @@ func rule(fe validator.FieldError) string {
 		return "must be one of: " + fe.Param()
 	case "cidr|ip":
 		return "must be a network such as 192.168.1.0/24 or an address"
+	case "ip":
+		return "must be an IP address"
+	case "url":
+		return "must be a URL such as https://10.0.0.1:2379"
+	case "required_with":
+		return "must be set together with " + fe.Param()
 	case "eq":
 		return "must be " + fe.Param() + " (subdirectory exports are not supported yet)"
 	}

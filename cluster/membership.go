@@ -178,6 +178,40 @@ func (m *Membership) join(ctx context.Context, ml *memberlist.Memberlist) error 
 	}
 }
 
+// Join asks the nodes at seeds (host:port gossip addresses) to let this
+// running node in, as Start does with Config.Seeds, and returns how many
+// answered. A node that started alone because every seed was down calls
+// it again later. When ctx ends first Join returns its error; the attempt
+// itself ends within memberlist's TCP timeout and Close waits for it.
+func (m *Membership) Join(ctx context.Context, seeds []string) (int, error) {
+	ml, err := m.running()
+	if err != nil {
+		return 0, err
+	}
+	if len(seeds) == 0 {
+		return 0, nil
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	m.wg.Go(func() {
+		n, err := ml.Join(seeds)
+		done <- result{n, err}
+	})
+	list := strings.Join(seeds, ", ")
+	select {
+	case r := <-done:
+		if r.n == 0 {
+			return 0, fmt.Errorf("join cluster via %s: %w: %w", list, ErrJoin, flatten(r.err))
+		}
+		return r.n, nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("join cluster via %s: %w", list, ctx.Err())
+	}
+}
+
 // errorList is an error made of others, printed on one line.
 type errorList []error
 

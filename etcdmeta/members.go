@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -146,10 +147,14 @@ func AddLearner(ctx context.Context, cli *clientv3.Client, name, peerURL string)
 		return 0, "", fmt.Errorf("add etcd learner %s at %s: %w", name, peerURL, err)
 	}
 	id := resp.Member.ID
-	// The same form etcdctl member add prints: every member's name=peerURL,
-	// the new one under the name it will start with.
+	return id, formatInitialCluster(resp.Members, id, name), nil
+}
+
+// formatInitialCluster formats members as etcdctl member add prints them: every
+// member's name=peerURL, member id under the name it will start with.
+func formatInitialCluster(members []*etcdserverpb.Member, id uint64, name string) string {
 	var parts []string
-	for _, m := range resp.Members {
+	for _, m := range members {
 		n := m.Name
 		if m.ID == id {
 			n = name
@@ -158,7 +163,24 @@ func AddLearner(ctx context.Context, cli *clientv3.Client, name, peerURL string)
 			parts = append(parts, n+"="+u)
 		}
 	}
-	return id, strings.Join(parts, ","), nil
+	return strings.Join(parts, ",")
+}
+
+// InitialCluster returns the member list learner memberID, added by
+// AddLearner but not started yet, must start with under name, as the
+// cluster knows it now: members added or started since AddLearner
+// returned are in it, which the list AddLearner returned lacks.
+func InitialCluster(ctx context.Context, cli *clientv3.Client, memberID uint64, name string) (string, error) {
+	resp, err := cli.MemberList(ctx)
+	if err != nil {
+		return "", fmt.Errorf("etcd member list: %w", err)
+	}
+	for _, m := range resp.Members {
+		if m.ID == memberID {
+			return formatInitialCluster(resp.Members, memberID, name), nil
+		}
+	}
+	return "", fmt.Errorf("etcd member %x (%s): %w: it was removed; join again", memberID, name, ErrNotMember)
 }
 
 // PromoteWhenReady makes the learner memberID a voting member as soon as

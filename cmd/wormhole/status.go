@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,9 +32,6 @@ the token come from the same config file and data dir the node runs with.`,
 			if err != nil {
 				return err
 			}
-			if cfg.Admin.Addr == "" {
-				return errors.New("the admin API is disabled (admin.addr is empty): enable it to use status")
-			}
 			st, raw, err := fetchStatus(cmd, cfg)
 			if err != nil {
 				return err
@@ -55,32 +53,45 @@ the token come from the same config file and data dir the node runs with.`,
 
 func fetchStatus(cmd *cobra.Command, cfg appliance.Config) (appliance.Status, []byte, error) {
 	var st appliance.Status
-	tokPath := filepath.Join(cfg.DataDir, "admin.token")
-	tok, err := os.ReadFile(tokPath)
-	if err != nil {
-		return st, nil, fmt.Errorf("admin token: %w (run status as the node's user, with the node's --data-dir or --config)", err)
-	}
-	req, err := http.NewRequestWithContext(cmd.Context(), http.MethodGet, "http://"+cfg.Admin.Addr+"/v1/status", nil)
+	raw, err := adminCall(cmd, cfg, http.MethodGet, "/v1/status")
 	if err != nil {
 		return st, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return st, nil, fmt.Errorf("no node answers at %s: %w (is `wormhole serve` running with this config?)", cfg.Admin.Addr, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return st, nil, fmt.Errorf("status from %s: %w", cfg.Admin.Addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return st, nil, fmt.Errorf("status from %s: %s: %s", cfg.Admin.Addr, resp.Status, strings.TrimSpace(string(raw)))
 	}
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return st, nil, fmt.Errorf("status from %s: %w", cfg.Admin.Addr, err)
 	}
 	return st, raw, nil
+}
+
+// adminCall makes one request to the node's admin API with the node's
+// token and returns the body of a successful answer.
+func adminCall(cmd *cobra.Command, cfg appliance.Config, method, path string) ([]byte, error) {
+	if cfg.Admin.Addr == "" {
+		return nil, errors.New("the admin API is disabled (admin.addr is empty): enable it to use this command")
+	}
+	tokPath := filepath.Join(cfg.DataDir, "admin.token")
+	tok, err := os.ReadFile(tokPath)
+	if err != nil {
+		return nil, fmt.Errorf("admin token: %w (run this as the node's user, with the node's --data-dir or --config)", err)
+	}
+	req, err := http.NewRequestWithContext(cmd.Context(), method, "http://"+cfg.Admin.Addr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := (&http.Client{Timeout: 2 * time.Minute}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("no node answers at %s: %w (is `wormhole serve` running with this config?)", cfg.Admin.Addr, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s from %s: %w", path, cfg.Admin.Addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", cfg.Admin.Addr, strings.TrimSpace(string(raw)))
+	}
+	return raw, nil
 }
 
 func printStatus(w io.Writer, st appliance.Status) {
@@ -93,6 +104,31 @@ func printStatus(w io.Writer, st appliance.Status) {
 	fmt.Fprintf(w, "  Capacity:   %s free of %s\n", bytesHuman(st.Capacity.FreeBytes), bytesHuman(st.Capacity.TotalBytes))
 	fmt.Fprintf(w, "  Files:      %d inodes\n", st.Inodes)
 	fmt.Fprintf(w, "  Data dir:   %s\n", st.DataDir)
+	if st.Redundancy != nil {
+		fmt.Fprintf(w, "  Redundancy: %d copies of every chunk; when fewer nodes are up: %s\n", st.Redundancy.Copies, st.Redundancy.WhenShort)
+	}
+	if len(st.Nodes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nNodes (this one is %s):\n", st.Node)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  ID\tSTATE\tADDRESS\tETCD\tZONE\tTIER\tFREE\tCAPACITY")
+	for _, n := range st.Nodes {
+		free, capacity := "-", "-"
+		if n.State == "alive" {
+			free, capacity = bytesHuman(n.FreeBytes), bytesHuman(n.CapacityBytes)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, strings.ToUpper(n.State), n.Advertise, n.Etcd,
+			dash(n.Zone), dash(n.Tier), free, capacity)
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // bytesHuman prints a byte count in binary units.

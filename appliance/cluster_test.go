@@ -1,0 +1,238 @@
+package appliance_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wormhole-fs/wormhole/appliance"
+	"github.com/wormhole-fs/wormhole/cluster/pki"
+	"github.com/wormhole-fs/wormhole/tests/testnode"
+)
+
+// loopbackIPs picks n addresses 127.0.0.x that no test running at the
+// same time is likely to pick, with every port a node uses free on each.
+func loopbackIPs(t *testing.T, n int) []string {
+	t.Helper()
+	base := 100 + os.Getpid()%100
+	for try := 0; try < 50; try++ {
+		var ips []string
+		for i := 0; i < n; i++ {
+			ips = append(ips, fmt.Sprintf("127.0.%d.%d", 1+try, base+i))
+		}
+		if allFree(ips) {
+			return ips
+		}
+	}
+	t.Skip("no free loopback addresses for a test cluster")
+	return nil
+}
+
+var nodePorts = []int{2049, 2379, 2380, 7946, 7947, 7948}
+
+func allFree(ips []string) bool {
+	for _, ip := range ips {
+		for _, p := range nodePorts {
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(p)))
+			if err != nil {
+				return false
+			}
+			l.Close()
+		}
+	}
+	return true
+}
+
+func clusterConfig(t *testing.T, id, ip string) appliance.Config {
+	cfg := appliance.DefaultConfig()
+	cfg.ClusterID = "apptest"
+	cfg.DataDir = t.TempDir()
+	cfg.NFS.Addr = ip + ":2049"
+	cfg.Admin.Addr = ""
+	cfg.Node.ID = id
+	cfg.Node.Advertise = ip
+	return cfg
+}
+
+func testLogger(t *testing.T) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+}
+
+// serve starts a node from cfg and stops it when the test ends.
+func serve(t *testing.T, cfg appliance.Config) *appliance.Node {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	n, err := appliance.Start(ctx, cfg, testLogger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", cfg.Node.ID, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve %s: %v", cfg.Node.ID, err)
+		}
+		n.Close()
+	})
+	return n
+}
+
+// waitStatus waits until ok accepts the node's status.
+func waitStatus(t *testing.T, n *appliance.Node, what string, ok func(appliance.Status) bool) appliance.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		st, err := n.Status(ctx)
+		if err == nil && ok(st) {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: not within 30s; last status %+v, error %v", what, st, err)
+		case <-time.After(100 * time.Millisecond): // poll interval
+		}
+	}
+}
+
+func alive(st appliance.Status) int {
+	k := 0
+	for _, n := range st.Nodes {
+		if n.State == "alive" {
+			k++
+		}
+	}
+	return k
+}
+
+// TestInitJoinServe makes a cluster of two nodes in this process and
+// checks that a file written through one reads back through the other.
+func TestInitJoinServe(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := appliance.Init(ctx, c1, time.Hour, testLogger(t)); err == nil || !strings.Contains(err.Error(), "already belongs") {
+		t.Errorf("init of an initialized data dir: %v", err)
+	}
+	n1 := serve(t, c1)
+	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	n2 := serve(t, c2)
+	st := waitStatus(t, n1, "two nodes alive", func(s appliance.Status) bool { return alive(s) == 2 })
+	if st.Situation != "healthy" || st.Redundancy == nil || st.Redundancy.Copies != 2 {
+		t.Errorf("status of a whole two-node cluster: %+v", st)
+	}
+	waitStatus(t, n2, "n2 sees two nodes", func(s appliance.Status) bool { return alive(s) == 2 })
+
+	data := make([]byte, 3<<20+5)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	t1, close1, err := testnode.Mount(n1.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close1()
+	f, err := t1.OpenFile("/big.bin", 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testnode.WriteFile(f, data); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	t2, close2, err := testnode.Mount(n2.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close2()
+	g, err := t2.Open("/big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var got bytes.Buffer
+	if _, err := got.ReadFrom(g); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("read through n2 %d bytes that differ from the %d written through n1", got.Len(), len(data))
+	}
+	// Both nodes hold copies: with two nodes and two copies, every
+	// chunk is on each.
+	for _, c := range []appliance.Config{c1, c2} {
+		if sz := dirSize(t, filepath.Join(c.DataDir, "chunks")); sz < int64(len(data)) {
+			t.Errorf("%s holds %d bytes of chunks, want at least %d", c.Node.ID, sz, len(data))
+		}
+	}
+}
+
+func dirSize(t *testing.T, dir string) int64 {
+	var n int64
+	err := filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestJoinRefusals: a wrong token, and a data dir that holds data, are
+// refused with a message saying what to do, and leave nothing behind.
+func TestJoinRefusals(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, c1)
+
+	// Same id and CA pin, another secret.
+	parts := strings.Split(tok.String(), ".")
+	parts[2] = strings.Repeat("A", len(parts[2]))
+	err = appliance.Join(ctx, c2, ips[0]+":7948", strings.Join(parts, "."), testLogger(t))
+	if !errors.Is(err, pki.ErrTokenInvalid) || !strings.Contains(err.Error(), "token") {
+		t.Errorf("join with a wrong secret: %v", err)
+	}
+	if entries, _ := os.ReadDir(c2.DataDir); len(entries) != 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("a refused join left %v in the data dir", names)
+	}
+
+	// A single node's data dir cannot join.
+	single := clusterConfig(t, "n2", ips[1])
+	if err := os.MkdirAll(filepath.Join(single.DataDir, "chunks", "ab"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := appliance.Join(ctx, single, ips[0]+":7948", tok.String(), testLogger(t)); err == nil || !strings.Contains(err.Error(), "single node") {
+		t.Errorf("join of a used data dir: %v", err)
+	}
+}

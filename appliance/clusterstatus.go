@@ -1,0 +1,106 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/wormhole-fs/wormhole/cluster"
+	"github.com/wormhole-fs/wormhole/etcdmeta"
+)
+
+// NodeStatus is one node of the cluster as status reports it.
+type NodeStatus struct {
+	ID string `json:"id"`
+	// State is alive (gossip hears from it) or dead (recorded in etcd but
+	// silent).
+	State     string `json:"state"`
+	Advertise string `json:"advertise"`
+	NFSAddr   string `json:"nfs_addr"`
+	// Etcd is voter, learner, client or external.
+	Etcd          string `json:"etcd"`
+	Zone          string `json:"zone,omitempty"`
+	Tier          string `json:"tier,omitempty"`
+	CapacityBytes uint64 `json:"capacity_bytes"`
+	FreeBytes     uint64 `json:"free_bytes"`
+	Version       string `json:"version,omitempty"`
+}
+
+// RedundancyStatus is the declared default policy.
+type RedundancyStatus struct {
+	Copies    int    `json:"copies"`
+	WhenShort string `json:"when_short"`
+}
+
+// clusterStatus fills the cluster part of st and judges the situation.
+func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
+	c := n.cl
+	st.Node = c.st.NodeID
+	st.Redundancy = &RedundancyStatus{Copies: n.cfg.Redundancy.Copies, WhenShort: n.cfg.Redundancy.WhenShort}
+	recs, err := n.ns.Nodes(ctx)
+	if err != nil {
+		return fmt.Errorf("cluster nodes: %w", err)
+	}
+	etcdRole := map[string]string{}
+	if members, err := etcdmeta.Members(ctx, n.ns.Client()); err == nil {
+		for _, m := range members {
+			etcdRole[m.Name] = "voter"
+			if m.IsLearner {
+				etcdRole[m.Name] = "learner"
+			}
+		}
+	}
+	alive := map[string]cluster.Node{}
+	for _, m := range c.members.Members() {
+		if m.State == cluster.StateAlive {
+			alive[m.ID] = m
+		}
+	}
+	var down []string
+	for _, r := range recs {
+		ns := NodeStatus{ID: r.ID, State: "dead", Advertise: r.Advertise, NFSAddr: r.NFSAddr, Etcd: r.Etcd,
+			Zone: r.Zone, Tier: r.Tier, Version: r.Version}
+		if role, ok := etcdRole[r.ID]; ok {
+			ns.Etcd = role
+		}
+		if m, ok := alive[r.ID]; ok {
+			ns.State, ns.CapacityBytes, ns.FreeBytes = "alive", m.Capacity, m.Free
+			if m.Version != "" {
+				ns.Version = m.Version
+			}
+		} else {
+			down = append(down, r.ID)
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	st.Capacity.TotalBytes, st.Capacity.FreeBytes, _ = clusterUsage{c.members, n.cfg.Redundancy.Copies}.Usage()
+
+	up, copies := len(alive), n.cfg.Redundancy.Copies
+	st.Situation = "healthy"
+	st.Summary = fmt.Sprintf("%d of %d nodes up", up, len(recs))
+	if up < len(recs) {
+		st.Situation = "degraded"
+		st.Summary += fmt.Sprintf(" (down: %s); files are read from the copies on the nodes that are up", strings.Join(down, ", "))
+		st.Advice = "bring the down nodes back; until then chunks that had a copy on them have fewer copies than declared."
+	}
+	switch {
+	case up >= copies:
+		st.Summary += fmt.Sprintf("; every new chunk is written to %d nodes before the client is answered.", copies)
+	case n.cfg.Redundancy.WhenShort == "refuse":
+		st.Situation = "critical"
+		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared, so writes are refused (redundancy.when_short: refuse); reads continue.", copies)
+		st.Advice = fmt.Sprintf("bring nodes back or add nodes (wormhole join) until %d are up.", copies)
+	default:
+		st.Situation = "degraded"
+		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared: new chunks get only %d cop%s until nodes return (redundancy.when_short: degraded).", copies, up, plural(up, "y", "ies"))
+		st.Advice = fmt.Sprintf("bring nodes back or add nodes (wormhole join) until %d are up.", copies)
+	}
+	return nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

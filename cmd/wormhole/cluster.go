@@ -1,0 +1,151 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wormhole-fs/wormhole/appliance"
+)
+
+// clusterFlags are the settings init and join take from flags as well as
+// from the file.
+type clusterFlags struct {
+	configPath string
+	o          appliance.Overrides
+	nodeID     string
+	advertise  string
+}
+
+func (f *clusterFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.configPath, "config", "", "configuration file (YAML); see packaging/wormhole.yaml")
+	cmd.Flags().StringVar(&f.o.DataDir, "data-dir", "", "data directory (overrides data_dir)")
+	cmd.Flags().StringVar(&f.nodeID, "node-id", "", "this node's id (overrides node.id; default: the host name)")
+	cmd.Flags().StringVar(&f.advertise, "advertise", "", "IP address other nodes reach this one at (overrides node.advertise)")
+}
+
+func (f *clusterFlags) load() (appliance.Config, error) {
+	cfg, err := appliance.LoadConfig(f.configPath, f.o)
+	if err != nil {
+		return cfg, err
+	}
+	if f.nodeID != "" {
+		cfg.Node.ID = f.nodeID
+	}
+	if f.advertise != "" {
+		cfg.Node.Advertise = f.advertise
+	}
+	cfg.Version = version
+	return cfg, cfg.Validate()
+}
+
+func newInitCmd() *cobra.Command {
+	var f clusterFlags
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Make this machine the first node of a new cluster, and print a join token",
+		Long: `Create a cluster in an empty data directory: its certificate authority, this
+node's certificate, the cluster secret and the first etcd member. Then start
+the node with 'wormhole serve' and add machines with 'wormhole join'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.load()
+			if err != nil {
+				return err
+			}
+			log, err := appliance.NewLogger(cfg.Log, os.Stderr)
+			if err != nil {
+				return err
+			}
+			tok, err := appliance.Init(cmd.Context(), cfg, ttl, log)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "Cluster %q created; this node's data is in %s.\n", cfg.ClusterID, cfg.DataDir)
+			fmt.Fprintf(w, "Start it:          wormhole serve --config <this config>\n")
+			fmt.Fprintf(w, "Add a machine:     wormhole join %s:%d --token <token> --config <its config>\n", cfg.Node.Advertise, cfg.Cluster.JoinPort)
+			fmt.Fprintf(w, "Join token (secret, valid %s; make more with 'wormhole token create'):\n%s\n", ttl, tok.String())
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().DurationVar(&ttl, "token-ttl", appliance.DefaultTokenTTL, "how long the printed join token is accepted")
+	return cmd
+}
+
+func newJoinCmd() *cobra.Command {
+	var f clusterFlags
+	var token string
+	cmd := &cobra.Command{
+		Use:   "join SEED:PORT --token TOKEN",
+		Short: "Join this machine to a cluster through one of its nodes",
+		Long: `Ask a node of the cluster (its advertise address and cluster.join_port) to
+admit this machine, with a token from 'wormhole init' or 'wormhole token create'.
+The data directory must be empty. Then start the node with 'wormhole serve'.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if token == "" {
+				return fmt.Errorf("--token is required: get one with 'wormhole token create' on a node of the cluster")
+			}
+			cfg, err := f.load()
+			if err != nil {
+				return err
+			}
+			log, err := appliance.NewLogger(cfg.Log, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if err := appliance.Join(cmd.Context(), cfg, args[0], token, log); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Joined; start the node with: wormhole serve --config <this config>\n")
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().StringVar(&token, "token", "", "join token (whj1...)")
+	return cmd
+}
+
+func newTokenCmd() *cobra.Command {
+	var configPath string
+	var o appliance.Overrides
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Make a join token for a new machine (asks the running node)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := appliance.LoadConfig(configPath, o)
+			if err != nil {
+				return err
+			}
+			raw, err := adminCall(cmd, cfg, http.MethodPost, "/v1/tokens?ttl="+url.QueryEscape(ttl.String()))
+			if err != nil {
+				return err
+			}
+			var resp struct {
+				Token string `json:"token"`
+			}
+			if err := json.Unmarshal(raw, &resp); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.Token)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
+	create.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
+	create.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	create.Flags().DurationVar(&ttl, "ttl", appliance.DefaultTokenTTL, "how long the token is accepted")
+	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	cmd.AddCommand(create)
+	return cmd
+}
