@@ -20,6 +20,11 @@
 // read as zeros. Truncating into a chunk rewrites that chunk shortened, so
 // old bytes never reappear when the file grows again.
 //
+// Files tells the chunk store how many copies a file's chunks get: it
+// stores them with a context carrying the inode's meta.Attr.Copies
+// (chunk.WithCopies), which a replicating store (replica.Store) follows
+// and a LocalStore ignores.
+//
 // # Local store layout
 //
 // A LocalStore directory holds 256 subdirectories named by the first two

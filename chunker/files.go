@@ -29,6 +29,9 @@ const readAttempts = 3
 
 // Namespace is the part of meta.Store that Files needs.
 type Namespace interface {
+	// GetAttr is read for the inode's redundancy (meta.Attr.Copies) when
+	// a write's context does not carry it; see Files.WriteAt.
+	GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error)
 	Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error)
 	CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref, expect []meta.Expect, size uint64) (meta.Attr, meta.Freed, error)
 	Truncate(ctx context.Context, ino meta.Ino, size, chunkSize uint64, tail *chunk.Ref, expect []meta.Expect) (meta.Attr, meta.Freed, error)
@@ -220,6 +223,11 @@ func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]by
 // size to off+len(p), and only then are the replaced chunks deleted. The
 // write is durable when WriteAt returns. On error nothing of the write is
 // visible. A zero-length write changes nothing but mtime and ctime.
+//
+// Chunks are stored with the inode's redundancy: the copy count ctx
+// carries (chunk.WithCopies, set by a caller that has the attributes at
+// hand: int(attr.Copies)), or else the one GetAttr reads, at the cost of a
+// metadata round trip. Truncate does the same for the chunk it rewrites.
 func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
 	if off < 0 {
 		return meta.Attr{}, fmt.Errorf("write inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
@@ -232,6 +240,11 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
 	}
 	defer unlock()
+	if len(p) > 0 {
+		if ctx, err = f.withCopies(ctx, ino); err != nil {
+			return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
+		}
+	}
 	// The lock serializes this process's writers; writers on other nodes
 	// are caught by the namespace (ErrConflict) and the write is redone
 	// from the chunk map as it now is.
@@ -241,6 +254,24 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 			return attr, err
 		}
 	}
+}
+
+// withCopies returns ctx carrying the copy count for the chunks of ino
+// (chunk.WithCopies): ctx itself if it carries one, else ctx with the
+// inode's Copies read from the namespace. An inode that is gone is
+// meta.ErrStale, as the commit would have said.
+func (f *Files) withCopies(ctx context.Context, ino meta.Ino) (context.Context, error) {
+	if _, ok := chunk.CopiesFrom(ctx); ok {
+		return ctx, nil
+	}
+	a, err := f.ns.GetAttr(ctx, ino)
+	if errors.Is(err, meta.ErrNotFound) || errors.Is(err, meta.ErrStale) {
+		return nil, fmt.Errorf("inode %d is gone: %w", ino, meta.ErrStale)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redundancy of inode %d: %w", ino, err)
+	}
+	return chunk.WithCopies(ctx, int(a.Copies)), nil
 }
 
 // raced reports an error that another node's change to the same chunks
@@ -457,8 +488,12 @@ func (f *Files) truncateOnce(ctx context.Context, ino meta.Ino, oldSize, newSize
 			if err != nil {
 				return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
 			}
+			pctx, err := f.withCopies(ctx, ino)
+			if err != nil {
+				return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
+			}
 			t := chunk.Ref{Index: idx, ID: chunk.NewID(), Len: uint32(keep)}
-			if t.Sum, err = f.blobs.Put(ctx, t.ID, data[:keep]); err != nil {
+			if t.Sum, err = f.blobs.Put(pctx, t.ID, data[:keep]); err != nil {
 				return meta.Attr{}, fmt.Errorf("truncate inode %d: chunk %d: %w", ino, idx, err)
 			}
 			tail = &t

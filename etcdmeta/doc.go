@@ -91,15 +91,28 @@
 //
 // # Record encoding
 //
-// Values are compact binary records whose first byte is a format version
-// (1 today); decoders reject unknown versions, truncated or trailing bytes
-// and out-of-range fields with an error and never panic.
+// Values are compact binary records whose first byte is a format version;
+// decoders reject unknown versions, truncated or trailing bytes and
+// out-of-range fields with an error and never panic.
 //
-//	inode:  version, type byte, uvarints mode uid gid nlink size,
+//	inode:  version (1 or 2), type byte, uvarints mode uid gid nlink size,
 //	        varints atime mtime ctime (Unix ns), uvarints gen parent,
-//	        uvarint length + symlink target
+//	        uvarint length + symlink target; version 2 adds a copies byte
 //	entry:  version, type byte, uvarint child inode
 //	chunk:  version, uvarint length, 16-byte chunk ID, 32-byte BLAKE3 sum
+//
+// An inode with the cluster's default redundancy (Copies 0) is written as
+// version 1, one with its own as version 2: binaries that know only
+// version 1 keep reading every record until a subtree gets its own
+// redundancy (Store.SetCopies), which is therefore a step to take once
+// every node runs a binary that knows version 2.
+//
+// # Redundancy per subtree
+//
+// Each inode records how many copies its chunks get (meta.Attr.Copies, 0
+// for the cluster default). Create gives a new inode its directory's
+// value in the same transaction that reads the directory; SetCopies changes
+// one inode or a whole subtree.
 //
 // # Inode numbers and generations
 //

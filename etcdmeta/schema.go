@@ -14,6 +14,7 @@ import (
 // Record format versions (the first byte of every value).
 const (
 	inodeV1  = 1
+	inodeV2  = 2 // v1 and a copies byte
 	dentryV1 = 1
 	chunkV1  = 1
 )
@@ -85,13 +86,23 @@ func prefixEnd(p string) string {
 //	uvarint gen, parent
 //	uvarint len(target), target bytes   (symlinks only; at most MaxSymlinkLen)
 //
+// Version 2 is version 1 followed by one byte, Copies (1 to
+// meta.MaxCopies). An inode with Copies 0 (the cluster default) is written
+// as version 1, so records stay readable by binaries that predate version 2
+// until a subtree is given its own redundancy; version 1 decodes with
+// Copies 0.
+//
 // The inode number is the key, not part of the value. Trailing bytes are an
 // error.
 
 // encodeInode encodes a (a.Ino is not stored).
 func encodeInode(a meta.Attr) []byte {
-	b := make([]byte, 0, 48+len(a.Target))
-	b = append(b, inodeV1, byte(a.Type))
+	b := make([]byte, 0, 49+len(a.Target))
+	v := byte(inodeV1)
+	if a.Copies != 0 {
+		v = inodeV2
+	}
+	b = append(b, v, byte(a.Type))
 	b = binary.AppendUvarint(b, uint64(a.Mode))
 	b = binary.AppendUvarint(b, uint64(a.UID))
 	b = binary.AppendUvarint(b, uint64(a.GID))
@@ -104,6 +115,9 @@ func encodeInode(a meta.Attr) []byte {
 	b = binary.AppendUvarint(b, uint64(a.Parent))
 	b = binary.AppendUvarint(b, uint64(len(a.Target)))
 	b = append(b, a.Target...)
+	if v == inodeV2 {
+		b = append(b, a.Copies)
+	}
 	return b
 }
 
@@ -194,7 +208,8 @@ func validType(t meta.Type) bool {
 // decodeInode decodes an inode record of inode ino.
 func decodeInode(ino meta.Ino, b []byte) (meta.Attr, error) {
 	d := decoder{b: b}
-	if v := d.byte1("inode version"); d.err == nil && v != inodeV1 {
+	v := d.byte1("inode version")
+	if d.err == nil && v != inodeV1 && v != inodeV2 {
 		return meta.Attr{}, fmt.Errorf("inode %d: unknown record version %d: %w", ino, v, errMalformed)
 	}
 	a := meta.Attr{Ino: ino}
@@ -214,6 +229,12 @@ func decodeInode(ino meta.Ino, b []byte) (meta.Attr, error) {
 		d.fail("inode target length")
 	}
 	a.Target = string(d.bytes(int(n), "inode target"))
+	if v == inodeV2 {
+		a.Copies = d.byte1("inode copies")
+		if d.err == nil && (a.Copies == 0 || a.Copies > meta.MaxCopies) {
+			d.fail("inode copies")
+		}
+	}
 	if err := d.end("inode"); err != nil {
 		return meta.Attr{}, fmt.Errorf("inode %d: %w", ino, err)
 	}

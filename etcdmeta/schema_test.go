@@ -1,6 +1,7 @@
 package etcdmeta
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"strings"
@@ -17,6 +18,35 @@ func sampleAttrs() []meta.Attr {
 			Size: math.MaxUint64, Atime: math.MinInt64, Mtime: math.MaxInt64, Ctime: -1, Gen: math.MaxUint64, Parent: math.MaxUint64},
 		{Ino: 3, Type: meta.TypeSymlink, Mode: 0o777, Nlink: 1, Size: 4, Target: "a/b\x00", Gen: 7, Parent: 1},
 		{Ino: 4, Type: meta.TypeSymlink, Mode: 0o777, Nlink: 1, Target: strings.Repeat("t", meta.MaxSymlinkLen)},
+		{Ino: 5, Type: meta.TypeDir, Mode: 0o700, Nlink: 3, Gen: 2, Parent: 1, Copies: 3},
+		{Ino: 6, Type: meta.TypeRegular, Mode: 0o644, Nlink: 1, Size: 1 << 40, Parent: 5, Copies: meta.MaxCopies},
+		{Ino: 7, Type: meta.TypeSymlink, Mode: 0o777, Nlink: 1, Size: 1, Target: "x", Parent: 5, Copies: 1},
+	}
+}
+
+// TestInodeVersions pins the inode record bytes: the default redundancy
+// is written as version 1, which binaries from before version 2 read, and
+// version 2 is version 1 with a trailing copies byte.
+func TestInodeVersions(t *testing.T) {
+	// Written by a binary that knew only version 1.
+	v1 := []byte{inodeV1, byte(meta.TypeRegular), 0xa4, 0x03, 0x0a, 0x0b, 0x01, 0x05, 0x02, 0x04, 0x06, 0x07, 0x01, 0x00}
+	want := meta.Attr{Ino: 8, Type: meta.TypeRegular, Mode: 0o644, UID: 10, GID: 11, Nlink: 1, Size: 5,
+		Atime: 1, Mtime: 2, Ctime: 3, Gen: 7, Parent: 1}
+	got, err := decodeInode(8, v1)
+	if err != nil || got != want {
+		t.Fatalf("version 1 record: %+v, %v; want %+v", got, err, want)
+	}
+	if b := encodeInode(want); !bytes.Equal(b, v1) {
+		t.Errorf("Copies 0 encodes as % x, want version 1 % x", b, v1)
+	}
+	want.Copies = 3
+	v2 := append([]byte{inodeV2}, v1[1:]...)
+	v2 = append(v2, 3)
+	if b := encodeInode(want); !bytes.Equal(b, v2) {
+		t.Errorf("Copies 3 encodes as % x, want % x", b, v2)
+	}
+	if got, err := decodeInode(8, v2); err != nil || got != want {
+		t.Errorf("version 2 record: %+v, %v; want %+v", got, err, want)
 	}
 }
 
@@ -43,6 +73,12 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		"uid overflow":   {inodeV1, byte(meta.TypeRegular), 0, 0x80, 0x80, 0x80, 0x80, 0x10},
 		"huge target":    {inodeV1, byte(meta.TypeSymlink), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f},
 		"varint overrun": {inodeV1, byte(meta.TypeRegular), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		"v2 no copies":   append([]byte{inodeV2}, good[1:]...),
+		"v2 copies 0":    append(append([]byte{inodeV2}, good[1:]...), 0),
+		"v2 copies big":  append(append([]byte{inodeV2}, good[1:]...), meta.MaxCopies+1),
+		"v2 trailing":    append(append([]byte{inodeV2}, good[1:]...), 2, 0),
+		"v1 copies":      append(append([]byte(nil), good...), 2),
+		"version 3":      append(append([]byte{3}, good[1:]...), 2),
 	}
 	for name, b := range bad {
 		if _, err := decodeInode(5, b); !errors.Is(err, errMalformed) {
@@ -112,6 +148,7 @@ func FuzzDecodeInode(f *testing.F) {
 		f.Add(encodeInode(a))
 	}
 	f.Add([]byte{inodeV1})
+	f.Add([]byte{inodeV2})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := decodeInode(7, b)
 		if err != nil {

@@ -243,7 +243,9 @@ func (t *tx) lookup(ctx context.Context, dir meta.Ino, name string) (meta.Attr, 
 }
 
 // Create makes a regular file, directory or symlink named name in dir. The
-// new inode's times are now and its Parent is dir. A directory starts with
+// new inode's times are now, its Parent is dir and its Copies is dir's
+// (read in the same transaction, so a concurrent SetCopies of dir either
+// precedes the create or sees the new inode). A directory starts with
 // nlink 2 and raises dir's nlink by one.
 func (s *Store) Create(ctx context.Context, dir meta.Ino, name string, args meta.CreateArgs) (meta.Attr, error) {
 	op := fmt.Sprintf("create %q in %d", name, dir)
@@ -291,7 +293,7 @@ func (s *Store) Create(ctx context.Context, dir meta.Ino, name string, args meta
 		a := meta.Attr{
 			Ino: ino, Type: args.Type, Mode: args.Mode, UID: args.UID, GID: args.GID,
 			Nlink: 1, Atime: now, Mtime: now, Ctime: now, Gen: gen, Parent: dir,
-			Target: args.Target,
+			Target: args.Target, Copies: d.Copies,
 		}
 		switch args.Type {
 		case meta.TypeDir:

@@ -8,6 +8,7 @@
 package chunk
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -77,4 +78,24 @@ type Ref struct {
 	ID    ID
 	Len   uint32
 	Sum   Sum
+}
+
+// copiesKey is the context key of WithCopies.
+type copiesKey struct{}
+
+// WithCopies returns a context that asks the chunk store for n copies of
+// each chunk stored with it, overriding the store's configured count; n <= 0
+// asks for the configured count. The file layer sets it from the inode's
+// redundancy (meta.Attr.Copies, 0 for the cluster default) so that a
+// replicating store, which knows nothing of inodes, writes each file with
+// its subtree's policy.
+func WithCopies(ctx context.Context, n int) context.Context {
+	return context.WithValue(ctx, copiesKey{}, max(n, 0))
+}
+
+// CopiesFrom returns the copy count WithCopies put in ctx: ok is false if
+// it holds none, and n is 0 when it asks for the configured count.
+func CopiesFrom(ctx context.Context) (n int, ok bool) {
+	n, ok = ctx.Value(copiesKey{}).(int)
+	return n, ok
 }

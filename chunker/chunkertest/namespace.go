@@ -13,18 +13,25 @@ import (
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
-// Namespace is an in-memory chunk map and size per inode, implementing
-// chunker.Namespace, including the meta.Expect conflict check. It is safe
-// for concurrent use.
+// Namespace is an in-memory chunk map, size and copies per inode,
+// implementing chunker.Namespace, including the meta.Expect conflict
+// check. It is safe for concurrent use.
 type Namespace struct {
-	mu      sync.Mutex
-	files   map[meta.Ino]*file
-	commits int
+	mu        sync.Mutex
+	files     map[meta.Ino]*file
+	commits   int
+	attrReads int
 }
 
 type file struct {
-	refs map[uint64]chunk.Ref
-	size uint64
+	refs   map[uint64]chunk.Ref
+	size   uint64
+	copies uint8
+}
+
+// attr returns ino's attributes as far as the fake keeps them.
+func (f *file) attr(ino meta.Ino) meta.Attr {
+	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size, Copies: f.copies}
 }
 
 // NewNamespace returns an empty namespace; every inode exists, empty.
@@ -57,6 +64,28 @@ func (n *Namespace) SetRef(ino meta.Ino, r chunk.Ref) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.file(ino).refs[r.Index] = r
+}
+
+// SetCopies sets ino's redundancy (meta.Attr.Copies).
+func (n *Namespace) SetCopies(ino meta.Ino, copies uint8) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.file(ino).copies = copies
+}
+
+// AttrReads counts GetAttr calls.
+func (n *Namespace) AttrReads() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.attrReads
+}
+
+// GetAttr returns a regular file's attributes: the size and copies.
+func (n *Namespace) GetAttr(_ context.Context, ino meta.Ino) (meta.Attr, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.attrReads++
+	return n.file(ino).attr(ino), nil
 }
 
 // Commits counts CommitWrite calls.
@@ -107,7 +136,7 @@ func (n *Namespace) CommitWrite(_ context.Context, ino meta.Ino, refs []chunk.Re
 		f.refs[r.Index] = r
 	}
 	f.size = max(f.size, size)
-	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
+	return f.attr(ino), freed, nil
 }
 
 // Truncate drops references past size and installs tail, as meta.Store
@@ -133,5 +162,5 @@ func (n *Namespace) Truncate(_ context.Context, ino meta.Ino, size, chunkSize ui
 		f.refs[tail.Index] = *tail
 	}
 	f.size = size
-	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Size: f.size}, freed, nil
+	return f.attr(ino), freed, nil
 }

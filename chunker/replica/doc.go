@@ -17,6 +17,17 @@
 // Every node computes the same list from the same membership, so no
 // location is stored; Holders returns it (for `wormhole where`).
 //
+// # Redundancy per file
+//
+// Config.Copies is the cluster's default. A directory subtree may ask for
+// another count (meta.Attr.Copies, inherited by the inodes created in it);
+// the file layer passes an inode's count with chunk.WithCopies in the
+// context of each Put, Get and GetRange, and Holders takes it as an
+// argument. With a count n from the context, Put stores n copies and
+// needs at least n when the configuration requires every copy (MinCopies
+// == Copies, the default), else at least min(MinCopies, n). Without one,
+// Config.Copies applies.
+//
 // # Writes: quorum and failover
 //
 // Put writes the copies in parallel, this node's through Local. When a

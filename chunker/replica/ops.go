@@ -27,8 +27,8 @@ type putResult struct {
 	err  error
 }
 
-// Put stores data as chunk id on Copies nodes and returns its BLAKE3-256
-// checksum. The targets are the best Copies alive nodes of the placement
+// Put stores data as chunk id on Copies nodes (the count chunk.WithCopies
+// put in ctx, if any: see policy) and returns its BLAKE3-256 checksum. The targets are the best Copies alive nodes of the placement
 // ranking (placement.Place over all alive nodes with free space); the
 // copies are written in parallel, this node's through its Local store.
 // When a target fails, the next node of the ranking takes its place, until
@@ -45,12 +45,13 @@ type putResult struct {
 // Put does not keep data after it returns.
 func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error) {
 	sum := chunk.Sum(blake3.Sum256(data))
+	copies, minCopies := s.policy(ctx)
 	self, cands, full := s.candidates()
 	ranking := placement.Place(id[:], len(cands), cands)
-	if len(ranking) < s.cfg.MinCopies {
+	if len(ranking) < minCopies {
 		err := fmt.Errorf("put chunk %s: %d of %d nodes alive with free space, %d copies needed: %w",
-			id, len(ranking), len(s.members.Nodes()), s.cfg.MinCopies, ErrNotEnoughNodes)
-		if len(ranking)+len(full) >= s.cfg.MinCopies {
+			id, len(ranking), len(s.members.Nodes()), minCopies, ErrNotEnoughNodes)
+		if len(ranking)+len(full) >= minCopies {
 			err = fmt.Errorf("%w: %w", err, chunk.ErrNoSpace)
 		}
 		return chunk.Sum{}, err
@@ -67,7 +68,7 @@ func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, e
 			results <- putResult{node: node, err: s.putOne(ctx, self, node, id, data, sum)}
 		})
 	}
-	for next < min(s.cfg.Copies, len(ranking)) {
+	for next < min(copies, len(ranking)) {
 		start()
 	}
 	var (
@@ -93,10 +94,10 @@ func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, e
 	}
 
 	switch {
-	case len(stored) >= s.cfg.Copies:
+	case len(stored) >= copies:
 		return sum, nil
-	case len(stored) >= s.cfg.MinCopies:
-		s.log.Warn().Str("chunk", id.String()).Int("copies", len(stored)).Int("want", s.cfg.Copies).
+	case len(stored) >= minCopies:
+		s.log.Warn().Str("chunk", id.String()).Int("copies", len(stored)).Int("want", copies).
 			Strs("failed", failed).Msg("chunk stored under-replicated")
 		s.report(RepairReport{ID: id, Reason: ReasonUnderReplicated, Good: stored})
 		return sum, nil
@@ -106,7 +107,7 @@ func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, e
 	// have stored before its reply was lost.
 	s.deleteFrom(ctx, self, id, slices.Concat(stored, failed))
 	err := fmt.Errorf("put chunk %s: %d of %d copies stored, %d needed (%d nodes tried): %w: %s",
-		id, len(stored), s.cfg.Copies, s.cfg.MinCopies, next, ErrNotEnoughNodes, joinErrs(failed, errs))
+		id, len(stored), copies, minCopies, next, ErrNotEnoughNodes, joinErrs(failed, errs))
 	if cerr := ctx.Err(); cerr != nil {
 		return chunk.Sum{}, fmt.Errorf("%w: %w", err, cerr)
 	}
@@ -202,13 +203,20 @@ func (s *Store) getOne(ctx context.Context, self, node string, id chunk.ID) ([]b
 // a time, each bounded by Timeout.
 //
 // A corrupt copy on any node, and a missing copy on a placement target,
-// are reported (ReasonCorrupt, ReasonMissing) once the search ends. When no
+// are reported (ReasonCorrupt, ReasonMissing) once the search ends. The
+// placement targets are the first Copies of the ranking, Copies being the
+// chunk's own count when ctx carries it (chunk.WithCopies), else
+// Config.Copies. A reader that does not pass the count of a chunk stored
+// with fewer copies may report as missing a copy its policy does not ask
+// for (only when an earlier target failed to answer: the search stops at
+// the first good copy). When no
 // copy is found the error wraps chunk.ErrCorrupt if some copy was corrupt;
 // otherwise chunk.ErrNotFound, together with ErrNotEnoughNodes when some
 // node that might hold the chunk was down or could not be asked; or the
 // context's error when it ended.
 func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
-	order, targets, selfTarget, down := s.readOrder(id)
+	copies, _ := s.policy(ctx)
+	order, targets, selfTarget, down := s.readOrder(id, copies)
 	self := order[0]
 	var (
 		reports     []RepairReport
@@ -315,7 +323,7 @@ func (s *Store) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte
 // errors of the nodes that failed are joined. Copies on nodes that are down
 // stay behind as orphans for the scrubber.
 func (s *Store) Delete(ctx context.Context, id chunk.ID) error {
-	order, _, _, _ := s.readOrder(id)
+	order, _, _, _ := s.readOrder(id, s.cfg.Copies)
 	self := order[0]
 	errs := make([]error, len(order))
 	sem := make(chan struct{}, maxDeleteParallel)

@@ -228,11 +228,33 @@ func (s *Store) report(r RepairReport) {
 }
 
 // Holders returns the nodes that should hold chunk id under the current
-// membership, best first: Copies alive nodes with free space, by
-// placement. It may return fewer when fewer are eligible.
-func (s *Store) Holders(id chunk.ID) []string {
+// membership, best first: the first copies alive nodes with free space, by
+// placement (Config.Copies when copies <= 0, as for a chunk of an inode
+// with the cluster's default redundancy). It may return fewer when fewer
+// are eligible.
+func (s *Store) Holders(id chunk.ID, copies int) []string {
+	if copies <= 0 {
+		copies = s.cfg.Copies
+	}
 	_, cands, _ := s.candidates()
-	return placement.Place(id[:], s.cfg.Copies, cands)
+	return placement.Place(id[:], copies, cands)
+}
+
+// policy returns how many copies an operation with ctx wants and how many
+// a Put must store to succeed. A count from chunk.WithCopies overrides
+// Config.Copies. The minimum follows it: all n copies when the
+// configuration requires every copy (MinCopies == Copies), else MinCopies
+// capped at n.
+func (s *Store) policy(ctx context.Context) (copies, minCopies int) {
+	copies, minCopies = s.cfg.Copies, s.cfg.MinCopies
+	n, _ := chunk.CopiesFrom(ctx)
+	switch {
+	case n <= 0 || n == copies:
+		return copies, minCopies
+	case minCopies == copies:
+		return n, n
+	}
+	return n, min(minCopies, n)
 }
 
 // candidates returns this node's ID, the alive nodes eligible for new
@@ -256,18 +278,18 @@ func (s *Store) candidates() (self string, cands []placement.Candidate, full []p
 
 // readOrder returns every alive node in the order a read searches them:
 // this node first, then the placement ranking of the nodes with free
-// space, then the full nodes (ranked as if of equal weight). targets is
-// the number of leading ranked nodes (after self) that are placement
-// targets; selfTarget reports whether this node is one. down counts the
-// nodes that are not alive and so not searched.
-func (s *Store) readOrder(id chunk.ID) (order []string, targets []string, selfTarget bool, down int) {
+// space, then the full nodes (ranked as if of equal weight). targets are
+// the first copies ranked nodes, the chunk's placement targets;
+// selfTarget reports whether this node is one. down counts the nodes that
+// are not alive and so not searched.
+func (s *Store) readOrder(id chunk.ID, copies int) (order []string, targets []string, selfTarget bool, down int) {
 	self, cands, full := s.candidates()
 	ranked := placement.Place(id[:], len(cands), cands)
 	for i := range full {
 		full[i].Weight = 1
 	}
 	ranked = append(ranked, placement.Place(id[:], len(full), full)...)
-	targets = ranked[:min(s.cfg.Copies, len(ranked))]
+	targets = ranked[:min(copies, len(ranked))]
 	selfTarget = slices.Contains(targets, self)
 
 	order = make([]string, 0, len(ranked)+1)

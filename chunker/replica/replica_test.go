@@ -71,7 +71,7 @@ func TestPutLandsOnPlacementTargets(t *testing.T) {
 				if got := c.holding(id); !slices.Equal(got, want) {
 					t.Fatalf("chunk on %v, placement says %v", got, want)
 				}
-				if got := sorted(s.Holders(id)); !slices.Equal(got, want) {
+				if got := sorted(s.Holders(id, 0)); !slices.Equal(got, want) {
 					t.Fatalf("Holders = %v, want %v", got, want)
 				}
 				if slices.Contains(want, "n1") {
@@ -363,7 +363,7 @@ func TestGetSearchesBeyondPlacement(t *testing.T) {
 	}
 	c.setAlive("n4", true)
 	c.setAlive("n5", true)
-	if got := sorted(s.Holders(id)); !slices.Equal(got, []string{"n4", "n5"}) {
+	if got := sorted(s.Holders(id, 0)); !slices.Equal(got, []string{"n4", "n5"}) {
 		t.Fatalf("Holders after join = %v", got)
 	}
 

@@ -68,6 +68,9 @@ const MaxNameLen = 255
 // MaxSymlinkLen is the longest symlink target accepted, in bytes.
 const MaxSymlinkLen = 4095
 
+// MaxCopies is the highest per-inode redundancy (Attr.Copies) accepted.
+const MaxCopies = 16
+
 // Attr is an inode's attributes as stored. Times are Unix nanoseconds.
 type Attr struct {
 	Ino    Ino
@@ -83,6 +86,13 @@ type Attr struct {
 	Gen    uint64 // generation: changes when an inode number is retired
 	Parent Ino    // primary parent directory (the root is its own parent)
 	Target string // symlink target; empty for other types
+	// Copies is how many nodes should hold each chunk of the inode's data;
+	// 0 means the cluster's default. A new inode takes its directory's
+	// value when it is created, so a directory's Copies is the default of
+	// the subtree created below it. Link and rename keep an inode's
+	// Copies; only an explicit change (etcdmeta.Store.SetCopies) alters
+	// it. It does not move existing chunks: writes use it from then on.
+	Copies uint8
 }
 
 // Entry is one name in a directory.

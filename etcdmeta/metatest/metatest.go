@@ -21,6 +21,13 @@ import (
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
+// CopiesSetter is implemented by stores that change the redundancy of a
+// subtree (etcdmeta.Store); Run skips the Copies test for stores without
+// it.
+type CopiesSetter interface {
+	SetCopies(ctx context.Context, ino meta.Ino, copies uint8, recursive bool) (changed int, err error)
+}
+
 // NewStore returns an empty namespace for one subtest.
 type NewStore func(t *testing.T) meta.Store
 
@@ -49,6 +56,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Truncate", testTruncate},
 		{"ManyChunks", testManyChunks},
 		{"StatFS", testStatFS},
+		{"Copies", testCopies},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -806,4 +814,115 @@ func testExpectConflicts(t *testing.T, s meta.Store) {
 	_, _, err = s.Truncate(ctx, f.Ino, 100, cs, &tail, []meta.Expect{{Index: 0, ID: a.ID}})
 	wantErr(t, err, meta.ErrConflict)
 	must3(s.Truncate(ctx, f.Ino, 100, cs, &tail, []meta.Expect{{Index: 0, ID: b.ID}}))(t)
+}
+
+// testCopies checks per-subtree redundancy: a new inode takes its
+// directory's Copies, link, rename and data changes keep an inode's, and
+// SetCopies changes one inode or a subtree, counting what it changed.
+func testCopies(t *testing.T, s meta.Store) {
+	cs, ok := s.(CopiesSetter)
+	if !ok {
+		t.Skip("store does not implement SetCopies")
+	}
+	ctx := ctxT(t)
+	copiesOf := func(ino meta.Ino) uint8 {
+		t.Helper()
+		return must(s.GetAttr(ctx, ino))(t).Copies
+	}
+	setCopies := func(ino meta.Ino, copies uint8, recursive bool, want int) {
+		t.Helper()
+		if n := must(cs.SetCopies(ctx, ino, copies, recursive))(t); n != want {
+			t.Fatalf("SetCopies(%d, %d, %v) changed %d inodes, want %d", ino, copies, recursive, n, want)
+		}
+	}
+
+	if c := copiesOf(meta.RootIno); c != 0 {
+		t.Fatalf("root of a new namespace has copies %d", c)
+	}
+	plain := must(s.Create(ctx, meta.RootIno, "plain", file(0o644)))(t)
+	if plain.Copies != 0 {
+		t.Fatalf("file under the root has copies %d", plain.Copies)
+	}
+
+	d := must(s.Create(ctx, meta.RootIno, "d", dir(0o755)))(t)
+	before := must(s.GetAttr(ctx, d.Ino))(t)
+	setCopies(d.Ino, 3, false, 1)
+	after := must(s.GetAttr(ctx, d.Ino))(t)
+	if after.Copies != 3 {
+		t.Fatalf("copies after SetCopies = %d", after.Copies)
+	}
+	after.Copies = before.Copies
+	if after != before {
+		t.Fatalf("SetCopies changed more than copies: %+v, was %+v", after, before)
+	}
+	setCopies(d.Ino, 3, false, 0) // already so
+
+	// Creation inherits, at every depth and for every type.
+	f := must(s.Create(ctx, d.Ino, "f", file(0o644)))(t)
+	sub := must(s.Create(ctx, d.Ino, "sub", dir(0o755)))(t)
+	sym := must(s.Create(ctx, d.Ino, "sym", meta.CreateArgs{Type: meta.TypeSymlink, Mode: 0o777, Target: "f"}))(t)
+	deep := must(s.Create(ctx, sub.Ino, "deep", file(0o600)))(t)
+	for _, a := range []meta.Attr{f, sub, sym, deep} {
+		if a.Copies != 3 {
+			t.Fatalf("inode %d created below d has copies %d, want 3", a.Ino, a.Copies)
+		}
+		if c := copiesOf(a.Ino); c != 3 {
+			t.Fatalf("inode %d stored with copies %d, want 3", a.Ino, c)
+		}
+	}
+	if got := must(s.Create(ctx, d.Ino, "f", file(0o600)))(t); got != f {
+		t.Fatalf("non-exclusive create over f = %+v, want %+v", got, f)
+	}
+
+	// Link, rename, writes, truncate and setattr keep an inode's copies.
+	if l := must(s.Link(ctx, f.Ino, meta.RootIno, "f-link"))(t); l.Copies != 3 {
+		t.Fatalf("link has copies %d", l.Copies)
+	}
+	must(s.Rename(ctx, d.Ino, "sym", meta.RootIno, "sym"))(t)
+	if c := copiesOf(sym.Ino); c != 3 {
+		t.Fatalf("renamed symlink has copies %d", c)
+	}
+	must(s.Rename(ctx, meta.RootIno, "sym", d.Ino, "sym"))(t)
+	if a, _ := must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{ref(0, 1)}, nil, 10))(t); a.Copies != 3 {
+		t.Fatalf("commit write returned copies %d", a.Copies)
+	}
+	if a, _ := must3(s.Truncate(ctx, f.Ino, 5, 1000, nil, nil))(t); a.Copies != 3 {
+		t.Fatalf("truncate returned copies %d", a.Copies)
+	}
+	mode := uint32(0o640)
+	if a := must(s.SetAttr(ctx, f.Ino, meta.SetAttrArgs{Mode: &mode}))(t); a.Copies != 3 {
+		t.Fatalf("setattr returned copies %d", a.Copies)
+	}
+	if c := copiesOf(plain.Ino); c != 0 {
+		t.Fatalf("file outside d has copies %d", c)
+	}
+
+	// Recursive: d, f (with its link in the root), sub, sym, deep.
+	setCopies(d.Ino, 1, true, 5)
+	for _, ino := range []meta.Ino{d.Ino, f.Ino, sub.Ino, sym.Ino, deep.Ino} {
+		if c := copiesOf(ino); c != 1 {
+			t.Fatalf("inode %d has copies %d after recursive SetCopies 1", ino, c)
+		}
+	}
+	if c := copiesOf(meta.RootIno); c != 0 {
+		t.Fatalf("root changed to %d", c)
+	}
+	if c := copiesOf(plain.Ino); c != 0 {
+		t.Fatalf("file outside d changed to %d", c)
+	}
+	setCopies(d.Ino, 1, true, 0)
+	// One inode back to the default; the recursive change counts the rest.
+	setCopies(deep.Ino, 0, true, 1) // recursive on a file: just the file
+	setCopies(d.Ino, 0, true, 4)
+	setCopies(f.Ino, 2, false, 1)
+	if c := copiesOf(f.Ino); c != 2 {
+		t.Fatalf("copies of f = %d", c)
+	}
+	// The whole namespace from the root.
+	setCopies(meta.RootIno, 2, true, 6) // root, plain, d, sub, sym, deep (f has 2)
+
+	_, err := cs.SetCopies(ctx, d.Ino, meta.MaxCopies+1, false)
+	wantErr(t, err, meta.ErrInvalid)
+	_, err = cs.SetCopies(ctx, 1<<40, 2, true)
+	wantErr(t, err, meta.ErrNotFound)
 }
