@@ -12,12 +12,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
 // The admin API: status for people and scripts, and Prometheus metrics.
@@ -105,6 +108,45 @@ func (n *Node) adminHandler(token string, reg *prometheus.Registry) http.Handler
 		n.log.Info().Str("token", tok.Redacted()).Dur("ttl", ttl).Msg("join token created")
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"token": tok.String(), "expires": time.Now().Add(ttl)})
+	})
+	mux.HandleFunc("GET /v1/where", func(w http.ResponseWriter, r *http.Request) {
+		wh, err := n.Where(r.Context(), r.URL.Query().Get("path"))
+		if err != nil {
+			code := http.StatusInternalServerError
+			switch {
+			case errors.Is(err, meta.ErrNotFound):
+				code = http.StatusNotFound
+			case errors.Is(err, ErrNotClustered):
+				code = http.StatusConflict
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(wh)
+	})
+	mux.HandleFunc("POST /v1/redundancy", func(w http.ResponseWriter, r *http.Request) {
+		copies, err := strconv.Atoi(r.URL.Query().Get("copies"))
+		if err != nil {
+			http.Error(w, "copies: want a number", http.StatusBadRequest)
+			return
+		}
+		changed, err := n.SetRedundancy(r.Context(), r.URL.Query().Get("path"), copies)
+		if err != nil {
+			code := http.StatusInternalServerError
+			switch {
+			case errors.Is(err, meta.ErrNotFound):
+				code = http.StatusNotFound
+			case errors.Is(err, meta.ErrInvalid):
+				code = http.StatusBadRequest
+			case errors.Is(err, ErrNotClustered):
+				code = http.StatusConflict
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]int{"changed": changed, "copies": copies})
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := n.Status(r.Context())

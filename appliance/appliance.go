@@ -57,9 +57,20 @@ func NewLogger(cfg LogConfig, w io.Writer) (zerolog.Logger, error) {
 		return zerolog.Nop(), fmt.Errorf("log.level %q: %w", cfg.Level, err)
 	}
 	if cfg.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime, NoColor: !isTerminal(w)}
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// isTerminal reports whether w is a terminal; colours are for people
+// watching one, not for log files and journals.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // Start brings a node up. On any error everything started so far is

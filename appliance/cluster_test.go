@@ -177,8 +177,50 @@ func TestInitJoinServe(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("read through n2 %d bytes that differ from the %d written through n1", got.Len(), len(data))
 	}
+	// where: each chunk on both nodes, as placed.
+	wh, err := n2.Where(ctx, "/big.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wh.Copies != 2 || len(wh.Chunks) != 4 {
+		t.Errorf("where /big.bin: %d copies, %d chunks; want 2 and 4", wh.Copies, len(wh.Chunks))
+	}
+	for _, c := range wh.Chunks {
+		if strings.Join(c.Holders, ",") != "n1,n2" || len(c.Targets) != 2 {
+			t.Errorf("chunk %d held by %v, placed on %v; want n1,n2 both", c.Index, c.Holders, c.Targets)
+		}
+	}
+
+	// A subtree with one copy: files written below it have one.
+	if _, err := t1.Mkdir("/scratch", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := n1.SetRedundancy(ctx, "/scratch", 1); err != nil || changed != 1 {
+		t.Fatalf("set redundancy of /scratch: %d changed, %v", changed, err)
+	}
+	if _, err := n1.SetRedundancy(ctx, "/scratch", 0); err == nil {
+		t.Error("redundancy 0 accepted")
+	}
+	s, err := t1.OpenFile("/scratch/tmp.bin", 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testnode.WriteFile(s, data[:2<<20]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	wh, err = n1.Where(ctx, "/scratch/tmp.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range wh.Chunks {
+		if wh.Copies != 1 || len(c.Holders) != 1 || c.Holders[0] != c.Targets[0] {
+			t.Errorf("chunk %d of a 1-copy file held by %v, placed on %v (copies %d)", c.Index, c.Holders, c.Targets, wh.Copies)
+		}
+	}
+
 	// Both nodes hold copies: with two nodes and two copies, every
-	// chunk is on each.
+	// chunk of big.bin is on each.
 	for _, c := range []appliance.Config{c1, c2} {
 		if sz := dirSize(t, filepath.Join(c.DataDir, "chunks")); sz < int64(len(data)) {
 			t.Errorf("%s holds %d bytes of chunks, want at least %d", c.Node.ID, sz, len(data))

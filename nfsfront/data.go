@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
@@ -63,7 +64,7 @@ func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64,
 	n := uint64(min(count, maxIO))
 	n = min(n, a.Size-off)
 	buf := make([]byte, n)
-	got, err := s.handler.fs.data.ReadAt(ctx, a.Ino, a.Size, buf, int64(off))
+	got, err := s.handler.fs.data.ReadAt(withCopies(ctx, a), a.Ino, a.Size, buf, int64(off))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, 0, false, err
 	}
@@ -98,7 +99,7 @@ func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncode
 		case off > 1<<62:
 			err = fmt.Errorf("write at %d: %w", off, errFileTooBig)
 		default:
-			w.post, err = s.handler.fs.data.WriteAt(ctx, a.Ino, data[:count], int64(off))
+			w.post, err = s.handler.fs.data.WriteAt(withCopies(ctx, a), a.Ino, data[:count], int64(off))
 			if err == nil {
 				w.post, err = s.dropSetID(ctx, c, w.post)
 			}
@@ -162,4 +163,10 @@ func (s *Server) dropSetID(ctx context.Context, c creds, a meta.Attr) (meta.Attr
 	}
 	m := a.Mode &^ clear
 	return s.handler.fs.ns.SetAttr(ctx, a.Ino, meta.SetAttrArgs{Mode: &m})
+}
+
+// withCopies tells the data path the inode's redundancy, which the
+// attributes at hand carry, so it need not read them again.
+func withCopies(ctx context.Context, a meta.Attr) context.Context {
+	return chunk.WithCopies(ctx, int(a.Copies))
 }

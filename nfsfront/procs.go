@@ -404,7 +404,7 @@ func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr,
 			return fmt.Errorf("truncate inode %d: %w", a.Ino, errAccess)
 		}
 		if *sa.size != a.Size {
-			if _, err := s.handler.fs.data.Truncate(ctx, a.Ino, a.Size, *sa.size); err != nil {
+			if _, err := s.handler.fs.data.Truncate(withCopies(ctx, a), a.Ino, a.Size, *sa.size); err != nil {
 				return err
 			}
 		}
@@ -522,7 +522,7 @@ func (s *Server) createIn(ctx context.Context, c creds, op diropargs, args meta.
 		if !allowed(obj, c, permWrite) {
 			return meta.Attr{}, fmt.Errorf("truncate on create: %w", errAccess)
 		}
-		return s.handler.fs.data.Truncate(ctx, obj.Ino, obj.Size, *sa.size)
+		return s.handler.fs.data.Truncate(withCopies(ctx, obj), obj.Ino, obj.Size, *sa.size)
 	}
 	return obj, nil
 }

@@ -3,9 +3,12 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -147,5 +150,105 @@ func newTokenCmd() *cobra.Command {
 	create.Flags().DurationVar(&ttl, "ttl", appliance.DefaultTokenTTL, "how long the token is accepted")
 	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	cmd.AddCommand(create)
+	return cmd
+}
+
+func newWhereCmd() *cobra.Command {
+	var configPath string
+	var o appliance.Overrides
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "where PATH",
+		Short: "Show which nodes hold the chunks of a file",
+		Long: `Ask the running node which nodes hold each chunk of the file at PATH (a path
+in the cluster's namespace, such as /projects/data.bin), and which nodes
+placement puts them on.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := appliance.LoadConfig(configPath, o)
+			if err != nil {
+				return err
+			}
+			raw, err := adminCall(cmd, cfg, http.MethodGet, "/v1/where?path="+url.QueryEscape(args[0]))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				_, err = cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			var w appliance.Where
+			if err := json.Unmarshal(raw, &w); err != nil {
+				return err
+			}
+			printWhere(cmd.OutOrStdout(), w)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
+	cmd.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
+	cmd.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+func printWhere(out io.Writer, w appliance.Where) {
+	short := 0
+	for _, c := range w.Chunks {
+		if len(c.Holders) < w.Copies {
+			short++
+		}
+	}
+	fmt.Fprintf(out, "%s: %s in %d chunk(s), %d copies wanted", w.Path, bytesHuman(w.Size), len(w.Chunks), w.Copies)
+	if short > 0 {
+		fmt.Fprintf(out, "; %d chunk(s) have fewer", short)
+	}
+	fmt.Fprintln(out)
+	if len(w.Unreachable) > 0 {
+		fmt.Fprintf(out, "Not answering (their copies are not counted): %s\n", strings.Join(w.Unreachable, ", "))
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  CHUNK\tBYTES\tHELD BY\tPLACED ON")
+	for _, c := range w.Chunks {
+		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\n", c.Index, c.Bytes, dash(strings.Join(c.Holders, ",")), strings.Join(c.Targets, ","))
+	}
+	tw.Flush()
+}
+
+func newRedundancyCmd() *cobra.Command {
+	var configPath string
+	var o appliance.Overrides
+	set := &cobra.Command{
+		Use:   "set PATH COPIES",
+		Short: "Keep COPIES copies of the chunks of PATH and everything below it",
+		Long: `Set the redundancy of a file or directory subtree (a path in the cluster's
+namespace). Files created below it later inherit it. Chunks already written
+keep the copies they have until they are rewritten: re-replicating them is
+the repair worker's job, which is not built yet.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := appliance.LoadConfig(configPath, o)
+			if err != nil {
+				return err
+			}
+			raw, err := adminCall(cmd, cfg, http.MethodPost,
+				"/v1/redundancy?path="+url.QueryEscape(args[0])+"&copies="+url.QueryEscape(args[1]))
+			if err != nil {
+				return err
+			}
+			var resp struct{ Changed, Copies int }
+			if err := json.Unmarshal(raw, &resp); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d copies; %d file(s) and directorie(s) changed. New writes use it; chunks written before keep their copies until rewritten.\n",
+				args[0], resp.Copies, resp.Changed)
+			return nil
+		},
+	}
+	set.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
+	set.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
+	set.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	cmd := &cobra.Command{Use: "redundancy", Short: "Per-directory redundancy"}
+	cmd.AddCommand(set)
 	return cmd
 }
