@@ -52,7 +52,7 @@ clean:
 # installs the Debian packages the comparison needs when they are missing
 # (root): nfs-ganesha and its VFS FSAL (the reference server) and rpcbind
 # (which ganesha registers with).
-.PHONY: bench-deps bench-compare
+.PHONY: bench-deps bench-compare bench-cluster
 BENCH_DEPS := nfs-ganesha nfs-ganesha-vfs rpcbind
 
 bench-deps:
@@ -65,3 +65,9 @@ bench-deps:
 BENCH_ARGS ?=
 bench-compare: bench-deps build
 	tests/bench/compare.sh $(BENCH_ARGS)
+
+# A 3-node cluster on loopback addresses of this machine, a large file
+# written and read through one node with redundancy 1, 2 and 3; needs no
+# packages (e.g. BENCH_ARGS='--size 1GiB --copies 2 --rounds 3').
+bench-cluster: build
+	$(GO) run ./tests/bench/cmd/cluster --wormhole bin/wormhole $(BENCH_ARGS)
