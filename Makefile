@@ -40,6 +40,7 @@ fuzz:
 	$(GO) test ./etcdmeta -run '^$$' -fuzz FuzzDecodeInode -fuzztime $(FUZZTIME)
 	$(GO) test ./cluster -run '^$$' -fuzz FuzzMetaDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./cluster/pki -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)
+	$(GO) test ./chunker/peer -run '^$$' -fuzz FuzzDecodeList -fuzztime $(FUZZTIME)
 
 # Debian packages the tests need (root).
 deps:

@@ -26,7 +26,8 @@ var ErrProtocol = errors.New("peer protocol violation")
 // ClientOptions tunes a Client. Zero values select the defaults.
 type ClientOptions struct {
 	// Timeout bounds each request, from sending it to reading the whole
-	// response. Default 30s.
+	// response; for List, each wait for more of the list instead.
+	// Default 30s.
 	Timeout time.Duration
 	// MaxChunk is the largest chunk Get accepts. Default DefaultMaxChunk.
 	MaxChunk int64
@@ -58,11 +59,12 @@ const maxMessage = 1 << 10
 // chunk.ErrCorrupt, chunk.ErrNoSpace, ErrTooLarge, ErrSumMismatch,
 // ErrBadRequest), a failed exchange a *TransportError.
 type Client struct {
-	addr string
-	base string // URL prefix of chunk resources
-	tr   *http.Transport
-	hc   *http.Client
-	opts ClientOptions
+	addr    string
+	base    string // URL prefix of chunk resources
+	listURL string // URL of the chunk list
+	tr      *http.Transport
+	hc      *http.Client
+	opts    ClientOptions
 }
 
 // NewClient returns a client for the peer at addr ("host:port", or an
@@ -91,9 +93,10 @@ func NewClient(addr string, tlsConf *tls.Config, opts ClientOptions) *Client {
 		DisableCompression:    true,
 	}
 	return &Client{
-		addr: host,
-		base: "https://" + host + pathPrefix,
-		tr:   tr,
+		addr:    host,
+		base:    "https://" + host + pathPrefix,
+		listURL: "https://" + host + listPath,
+		tr:      tr,
 		hc: &http.Client{
 			Transport:     tr,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

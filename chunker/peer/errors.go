@@ -31,8 +31,8 @@ var (
 // that the status stands for, if any, so errors.Is works on it.
 type StatusError struct {
 	Peer    string   // address of the peer
-	Op      string   // "put", "get", "has" or "delete"
-	ID      chunk.ID // the chunk
+	Op      string   // "put", "get", "has", "delete" or "list"
+	ID      chunk.ID // the chunk; zero for "list"
 	Status  int      // HTTP status code
 	Message string   // the peer's message, possibly truncated
 	err     error
@@ -40,7 +40,7 @@ type StatusError struct {
 
 // Error implements error.
 func (e *StatusError) Error() string {
-	s := fmt.Sprintf("peer %s: %s chunk %s: %d %s", e.Peer, e.Op, e.ID, e.Status, http.StatusText(e.Status))
+	s := fmt.Sprintf("peer %s: %s: %d %s", e.Peer, opName(e.Op, e.ID), e.Status, http.StatusText(e.Status))
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
@@ -59,14 +59,23 @@ func (e *StatusError) Unwrap() error { return e.err }
 // cancellation, it is retryable.
 type TransportError struct {
 	Peer string   // address of the peer
-	Op   string   // "put", "get", "has" or "delete"
-	ID   chunk.ID // the chunk
+	Op   string   // "put", "get", "has", "delete" or "list"
+	ID   chunk.ID // the chunk; zero for "list"
 	Err  error
 }
 
 // Error implements error.
 func (e *TransportError) Error() string {
-	return fmt.Sprintf("peer %s: %s chunk %s: %v", e.Peer, e.Op, e.ID, e.Err)
+	return fmt.Sprintf("peer %s: %s: %v", e.Peer, opName(e.Op, e.ID), e.Err)
+}
+
+// opName names an operation in an error: "get chunk <id>", or "list
+// chunks" for an operation on no one chunk.
+func opName(op string, id chunk.ID) string {
+	if id.IsZero() {
+		return op + " chunks"
+	}
+	return op + " chunk " + id.String()
 }
 
 // Unwrap returns the underlying error.
@@ -87,6 +96,8 @@ func statusOf(err error) int {
 		return http.StatusUnprocessableEntity
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest
+	case errors.Is(err, errors.ErrUnsupported):
+		return http.StatusNotImplemented
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	default:
@@ -110,6 +121,8 @@ func sentinelOf(status int) error {
 		return ErrSumMismatch
 	case http.StatusBadRequest, http.StatusMethodNotAllowed:
 		return ErrBadRequest
+	case http.StatusNotImplemented:
+		return errors.ErrUnsupported
 	default:
 		return nil
 	}
@@ -117,9 +130,9 @@ func sentinelOf(status int) error {
 
 // IsRetryable reports whether a Client error is worth retrying, on the
 // same node later or on another: timeouts, connection failures and 5xx
-// answers other than 507 are; the node's refusals (4xx), a full node
-// (507), corrupt data, TLS authentication failures and a cancelled context
-// are not.
+// answers other than 501 and 507 are; the node's refusals (4xx), a
+// request it cannot serve (501), a full node (507), corrupt data, TLS
+// authentication failures and a cancelled context are not.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
@@ -128,7 +141,7 @@ func IsRetryable(err error) bool {
 		switch se.Status {
 		case http.StatusRequestTimeout, http.StatusTooManyRequests:
 			return true
-		case http.StatusInsufficientStorage:
+		case http.StatusInsufficientStorage, http.StatusNotImplemented:
 			return false
 		}
 		return se.Status >= 500

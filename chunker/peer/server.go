@@ -187,6 +187,10 @@ func (w logWriter) Write(p []byte) (int, error) {
 
 // ServeHTTP serves one request of the peer protocol.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == listPath {
+		s.serveList(w, r)
+		return
+	}
 	rest, ok := strings.CutPrefix(r.URL.Path, pathPrefix)
 	if !ok {
 		s.fail(w, r, "", chunk.ID{}, fmt.Errorf("%w: unknown path %q", ErrBadRequest, r.URL.Path))
@@ -336,7 +340,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, op string, id chun
 	default:
 		ev = s.log.Debug()
 	}
-	ev.Err(err).Str("peer", r.RemoteAddr).Str("op", op).Str("chunk", id.String()).Int("status", status).Msg("peer request failed")
+	ev = ev.Err(err).Str("peer", r.RemoteAddr).Str("op", op)
+	if !id.IsZero() {
+		ev = ev.Str("chunk", id.String())
+	}
+	ev.Int("status", status).Msg("peer request failed")
 	http.Error(w, err.Error(), status)
 }
 
