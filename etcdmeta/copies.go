@@ -66,7 +66,7 @@ func (s *Store) SetCopies(ctx context.Context, ino meta.Ino, copies uint8, recur
 	for len(dirs) > 0 {
 		dir := dirs[len(dirs)-1]
 		dirs = dirs[:len(dirs)-1]
-		for after := ""; ; {
+		for after := uint64(0); ; {
 			ents, err := s.ReadDir(ctx, dir, after, setCopiesBatch)
 			if errors.Is(err, meta.ErrNotFound) || errors.Is(err, meta.ErrNotDir) {
 				break // removed meanwhile
@@ -90,7 +90,7 @@ func (s *Store) SetCopies(ctx context.Context, ino meta.Ino, copies uint8, recur
 			if len(ents) < setCopiesBatch {
 				break
 			}
-			after = ents[len(ents)-1].Name
+			after = ents[len(ents)-1].Cookie
 		}
 	}
 	return changed, nil

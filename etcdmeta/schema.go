@@ -1,6 +1,7 @@
 package etcdmeta
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -37,14 +38,46 @@ func hex16(v uint64) string {
 	return digits[:16-len(s)] + s
 }
 
-func (k keys) nextIno() string             { return k.prefix + "next-ino" }
-func (k keys) chunkSize() string           { return k.prefix + "chunk-size" }
-func (k keys) inoPrefix() string           { return k.prefix + "ino/" }
-func (k keys) ino(ino meta.Ino) string     { return k.inoPrefix() + hex16(uint64(ino)) }
-func (k keys) dirPrefix(d meta.Ino) string { return k.prefix + "dir/" + hex16(uint64(d)) + "/" }
+func (k keys) nextIno() string         { return k.prefix + "next-ino" }
+func (k keys) chunkSize() string       { return k.prefix + "chunk-size" }
+func (k keys) inoPrefix() string       { return k.prefix + "ino/" }
+func (k keys) ino(ino meta.Ino) string { return k.inoPrefix() + hex16(uint64(ino)) }
+
+// Directory entries live under ent/<dir>/<cookie><name>, the cookie being
+// 16 hex digits of a hash of the name (nameCookie): a listing in key order
+// is in cookie order, so any node can resume it from a cookie alone, and a
+// lookup still finds the key from the name. (Namespaces made before kept
+// entries under dir/<dir>/<name>; New moves them, see migrateEntries.)
+func (k keys) dirPrefix(d meta.Ino) string { return k.prefix + "ent/" + hex16(uint64(d)) + "/" }
 func (k keys) dentry(d meta.Ino, name string) string {
-	return k.dirPrefix(d) + name
+	return k.dirPrefix(d) + hex16(nameCookie(name)) + name
 }
+
+// entryName splits a key under dirPrefix p into the entry's cookie and
+// name.
+func entryName(p, key string) (cookie uint64, name string, err error) {
+	if len(key) <= len(p)+16 || key[:len(p)] != p {
+		return 0, "", fmt.Errorf("entry key %q: %w", key, errMalformed)
+	}
+	cookie, err = strconv.ParseUint(key[len(p):len(p)+16], 16, 64)
+	if err != nil || cookie != nameCookie(key[len(p)+16:]) {
+		return 0, "", fmt.Errorf("entry key %q: %w", key, errMalformed)
+	}
+	return cookie, key[len(p)+16:], nil
+}
+
+// nameCookie is an entry's listing cookie: the first 63 bits of the
+// SHA-256 of its name (63, so clients that take it as a signed offset see
+// it positive), never below meta.MinCookie. It is part of the key layout:
+// it must never change.
+func nameCookie(name string) uint64 {
+	h := sha256.Sum256([]byte(name))
+	return max(binary.BigEndian.Uint64(h[:8])&(1<<63-1), meta.MinCookie)
+}
+
+// Keys of the layout before entry cookies, and of the layout marker.
+func (k keys) oldDirRoot() string              { return k.prefix + "dir/" }
+func (k keys) layout() string                  { return k.prefix + "layout" }
 func (k keys) chunkPrefix(ino meta.Ino) string { return k.prefix + "chunk/" + hex16(uint64(ino)) + "/" }
 func (k keys) chunk(ino meta.Ino, index uint64) string {
 	return k.chunkPrefix(ino) + hex16(index)

@@ -114,8 +114,18 @@ func TestKeys(t *testing.T) {
 	if got := k.ino(0xabc); got != "/wh/c1/ino/0000000000000abc" {
 		t.Error(got)
 	}
-	if got := k.dentry(1, "n"); got != "/wh/c1/dir/0000000000000001/n" {
+	// The cookie in entry keys is the first 63 bits of SHA-256("n"):
+	// pinned, as the layout depends on it.
+	if got := k.dentry(1, "n"); got != "/wh/c1/ent/0000000000000001/1b16b1df538ba12dn" {
 		t.Error(got)
+	}
+	if c, name, err := entryName(k.dirPrefix(1), k.dentry(1, "n")); err != nil || c != 0x1b16b1df538ba12d || name != "n" {
+		t.Error(c, name, err)
+	}
+	for _, bad := range []string{"/wh/c1/ent/0000000000000001/1b16b1df538ba12d", "/wh/c1/ent/0000000000000001/0000000000000003n", "/wh/c1/ent/0000000000000002/1b16b1df538ba12dn"} {
+		if _, _, err := entryName(k.dirPrefix(1), bad); !errors.Is(err, errMalformed) {
+			t.Errorf("entry key %q: %v", bad, err)
+		}
 	}
 	if got := k.chunk(2, math.MaxUint64); got != "/wh/c1/chunk/0000000000000002/ffffffffffffffff" {
 		t.Error(got)

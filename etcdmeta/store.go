@@ -68,15 +68,16 @@ func (s *Store) bootstrap(ctx context.Context) error {
 	k := s.keys.ino(meta.RootIno)
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, string(encodeInode(root)))).
+		Then(clientv3.OpPut(k, string(encodeInode(root))), clientv3.OpPut(s.keys.layout(), layoutVersion)).
 		Commit()
 	if err != nil {
 		return etcdErr("bootstrap root directory", err)
 	}
 	if resp.Succeeded {
 		s.log.Info().Str("prefix", s.keys.prefix).Msg("created root directory of a new namespace")
+		return nil
 	}
-	return nil
+	return s.migrateEntries(ctx)
 }
 
 // ErrChunkSizeMismatch means a namespace was created with another chunk
@@ -700,11 +701,13 @@ func (s *Store) SetAttr(ctx context.Context, ino meta.Ino, args meta.SetAttrArgs
 	return out, err
 }
 
-// ReadDir returns up to limit entries of dir whose names sort after after
-// (byte order), in order. It costs one range read from the key after
-// after, so listing a directory page by page is O(n) in total.
-func (s *Store) ReadDir(ctx context.Context, dir meta.Ino, after string, limit int) ([]meta.Entry, error) {
-	op := fmt.Sprintf("readdir %d after %q", dir, after)
+// ReadDir returns up to limit entries of dir whose cookies are greater
+// than cookie, in cookie order (see meta.Store), and more than limit only
+// to end on a whole group of entries sharing a cookie. It costs one range
+// read from the cookie's key, so listing a directory page by page is O(n)
+// in total, and any node can resume a listing another began.
+func (s *Store) ReadDir(ctx context.Context, dir meta.Ino, cookie uint64, limit int) ([]meta.Entry, error) {
+	op := fmt.Sprintf("readdir %d after cookie %d", dir, cookie)
 	if limit <= 0 {
 		return nil, fmt.Errorf("%s: limit %d: %w", op, limit, meta.ErrInvalid)
 	}
@@ -716,17 +719,30 @@ func (s *Store) ReadDir(ctx context.Context, dir meta.Ino, after string, limit i
 		}
 		p := s.keys.dirPrefix(dir)
 		from := p
-		if after != "" {
-			from = p + after + "\x00"
+		if cookie >= meta.MinCookie && cookie < 1<<63-1 {
+			from = p + hex16(cookie+1)
+		} else if cookie >= 1<<63-1 {
+			return nil // past every cookie
 		}
-		return t.rangeRead(ctx, from, prefixEnd(p), limit, func(key string, val []byte) error {
+		add := func(key string, val []byte) error {
+			c, name, err := entryName(p, key)
+			if err != nil {
+				return err
+			}
 			e, err := decodeDentry(val)
 			if err != nil {
 				return fmt.Errorf("entry %q: %w", key, err)
 			}
-			out = append(out, meta.Entry{Name: key[len(p):], Ino: e.Ino, Type: e.Type})
+			out = append(out, meta.Entry{Name: name, Ino: e.Ino, Type: e.Type, Cookie: c})
 			return nil
-		})
+		}
+		if err := t.rangeRead(ctx, from, prefixEnd(p), limit, add); err != nil || len(out) < limit {
+			return err
+		}
+		// A full page ends with a whole group of entries sharing a
+		// cookie, so that resuming from that cookie skips none of them.
+		last := out[len(out)-1]
+		return t.rangeRead(ctx, s.keys.dentry(dir, last.Name)+"\x00", p+hex16(last.Cookie+1), 0, add)
 	})
 	return out, err
 }

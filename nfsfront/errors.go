@@ -97,8 +97,6 @@ func statusOf(err error) nfs.NFSStatus {
 		return nfs.NFSStatusBadHandle
 	case errors.Is(err, errNotSync):
 		return nfs.NFSStatusNotSync
-	case errors.Is(err, errBadCookie):
-		return nfs.NFSStatusBadCookie
 	case errors.Is(err, errTooSmall):
 		return nfs.NFSStatusTooSmall
 	}

@@ -38,7 +38,6 @@ func TestErrorMapping(t *testing.T) {
 		{errBadHandle, syscall.EIO, nfs.NFSStatusBadHandle},
 		{errNotSync, syscall.EIO, nfs.NFSStatusNotSync},
 		{errFileTooBig, syscall.EFBIG, nfs.NFSStatusFBig},
-		{errBadCookie, syscall.EIO, nfs.NFSStatusBadCookie},
 		{errTooSmall, syscall.EIO, nfs.NFSStatusTooSmall},
 		{fmt.Errorf("surprise"), syscall.EIO, nfs.NFSStatusIO},
 	}

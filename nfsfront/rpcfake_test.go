@@ -67,7 +67,7 @@ func (rootOnlyNS) SetAttr(context.Context, meta.Ino, meta.SetAttrArgs) (meta.Att
 	return meta.Attr{}, meta.ErrNotFound
 }
 
-func (rootOnlyNS) ReadDir(context.Context, meta.Ino, string, int) ([]meta.Entry, error) {
+func (rootOnlyNS) ReadDir(context.Context, meta.Ino, uint64, int) ([]meta.Entry, error) {
 	return nil, nil
 }
 

@@ -28,7 +28,7 @@ type Namespace interface {
 	Rmdir(ctx context.Context, dir meta.Ino, name string) error
 	Rename(ctx context.Context, fromDir meta.Ino, fromName string, toDir meta.Ino, toName string) (meta.Freed, error)
 	SetAttr(ctx context.Context, ino meta.Ino, args meta.SetAttrArgs) (meta.Attr, error)
-	ReadDir(ctx context.Context, dir meta.Ino, after string, limit int) ([]meta.Entry, error)
+	ReadDir(ctx context.Context, dir meta.Ino, cookie uint64, limit int) ([]meta.Entry, error)
 	StatFS(ctx context.Context) (uint64, error)
 }
 
@@ -103,8 +103,7 @@ type Server struct {
 	handler  *handler
 	verifier [8]byte
 
-	mounts  mountTable
-	cookies cookieTable // READDIR pages
+	mounts mountTable
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a

@@ -100,7 +100,17 @@ type Entry struct {
 	Name string
 	Ino  Ino
 	Type Type
+	// Cookie is the entry's position in its directory's listing: ReadDir
+	// from Cookie continues after it. It depends on the name only, so it
+	// is the same on every node, across restarts, and for as long as the
+	// entry exists. It is at least MinCookie and below 1<<63.
+	Cookie uint64
 }
+
+// MinCookie is the smallest entry cookie; smaller cookies (0, 1, 2) are
+// left to the caller (NFS uses them for the start, "." and "..") and list
+// from the start.
+const MinCookie = 3
 
 // CreateArgs describes a new object for Store.Create.
 type CreateArgs struct {
@@ -169,10 +179,12 @@ type Store interface {
 	Rename(ctx context.Context, fromDir Ino, fromName string, toDir Ino, toName string) (Freed, error)
 	// SetAttr changes mode, owner and times; ctime is set to now.
 	SetAttr(ctx context.Context, ino Ino, args SetAttrArgs) (Attr, error)
-	// ReadDir returns up to limit entries of dir whose names sort after
-	// `after` (byte order), in order. An empty after starts at the
+	// ReadDir returns up to limit entries of dir whose cookies are greater
+	// than cookie, in cookie order; a cookie below MinCookie starts at the
 	// beginning. Fewer than limit entries means the end was reached.
-	ReadDir(ctx context.Context, dir Ino, after string, limit int) ([]Entry, error)
+	// Entries can share a cookie (a hash collision, rare): a caller that
+	// pages must not end a page between two of them.
+	ReadDir(ctx context.Context, dir Ino, cookie uint64, limit int) ([]Entry, error)
 
 	// Chunks returns the chunk references of ino with first <= Index <= last,
 	// in index order. Holes have no reference.

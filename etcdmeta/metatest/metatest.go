@@ -116,7 +116,7 @@ func testRoot(t *testing.T, s meta.Store) {
 	if got := must(s.Lookup(ctx, meta.RootIno, ".."))(t); got.Ino != meta.RootIno {
 		t.Fatalf("lookup .. of root = %d", got.Ino)
 	}
-	if got := must(s.ReadDir(ctx, meta.RootIno, "", 10))(t); len(got) != 0 {
+	if got := must(s.ReadDir(ctx, meta.RootIno, 0, 10))(t); len(got) != 0 {
 		t.Fatalf("new root lists %v", got)
 	}
 	_, err := s.GetAttr(ctx, 1<<40)
@@ -430,7 +430,7 @@ func testRenameDir(t *testing.T, s meta.Store) {
 	if got := must(s.GetAttr(ctx, p1.Ino))(t); got.Nlink != 3 {
 		t.Fatalf("p1 nlink = %d, want 3", got.Nlink)
 	}
-	if got := must(s.ReadDir(ctx, p1.Ino, "", 10))(t); len(got) != 1 || got[0].Name != "e2" || got[0].Ino != m.Ino || got[0].Type != meta.TypeDir {
+	if got := must(s.ReadDir(ctx, p1.Ino, 0, 10))(t); len(got) != 1 || got[0].Name != "e2" || got[0].Ino != m.Ino || got[0].Type != meta.TypeDir {
 		t.Fatalf("p1 lists %v", got)
 	}
 	if root := must(s.GetAttr(ctx, meta.RootIno))(t); root.Nlink != 4 {
@@ -529,7 +529,7 @@ func testConcurrentCreates(t *testing.T, s meta.Store) {
 			seen[ino] = true
 		}
 	}
-	ents := must(s.ReadDir(ctx, meta.RootIno, "", workers*each+1))(t)
+	ents := must(s.ReadDir(ctx, meta.RootIno, 0, workers*each+1))(t)
 	if len(ents) != workers*each {
 		t.Fatalf("listed %d entries, want %d", len(ents), workers*each)
 	}
@@ -598,33 +598,44 @@ func testReadDirPaging(t *testing.T, s meta.Store) {
 		t.Fatal(err)
 	}
 	slices.Sort(names)
+	cookies := map[string]uint64{}
 	for _, limit := range []int{7, 100, n} {
 		var got []string
-		after := ""
+		var after, prev uint64
 		for pages := 0; ; pages++ {
 			if pages > n {
 				t.Fatal("paging does not end")
 			}
 			ents := must(s.ReadDir(ctx, d.Ino, after, limit))(t)
-			if len(ents) > limit {
+			if len(ents) > limit && ents[limit].Cookie != ents[limit-1].Cookie {
 				t.Fatalf("page of %d entries, limit %d", len(ents), limit)
 			}
 			for _, e := range ents {
 				got = append(got, e.Name)
+				if e.Cookie < meta.MinCookie || e.Cookie >= 1<<63 || e.Cookie < prev {
+					t.Fatalf("entry %q has cookie %d after %d: want increasing cookies in [MinCookie, 1<<63)", e.Name, e.Cookie, prev)
+				}
+				prev = e.Cookie
+				// The same on every listing: a resumed listing finds it.
+				if c, ok := cookies[e.Name]; ok && c != e.Cookie {
+					t.Fatalf("entry %q has cookie %d, was %d", e.Name, e.Cookie, c)
+				}
+				cookies[e.Name] = e.Cookie
 			}
 			if len(ents) < limit {
 				break
 			}
-			after = ents[len(ents)-1].Name
+			after = ents[len(ents)-1].Cookie
 		}
+		slices.Sort(got)
 		if !slices.Equal(got, names) {
-			t.Fatalf("limit %d: listed %d names, want %d in order, each once", limit, len(got), n)
+			t.Fatalf("limit %d: listed %d names, want %d, each once", limit, len(got), n)
 		}
 	}
-	_, err := s.ReadDir(ctx, d.Ino, "", 0)
+	_, err := s.ReadDir(ctx, d.Ino, 0, 0)
 	wantErr(t, err, meta.ErrInvalid)
 	f := must(s.Lookup(ctx, d.Ino, names[0]))(t)
-	_, err = s.ReadDir(ctx, f.Ino, "", 10)
+	_, err = s.ReadDir(ctx, f.Ino, 0, 10)
 	wantErr(t, err, meta.ErrNotDir)
 }
 
