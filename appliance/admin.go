@@ -49,6 +49,7 @@ type Status struct {
 	Node       string            `json:"node,omitempty"`
 	Nodes      []NodeStatus      `json:"nodes,omitempty"`
 	Redundancy *RedundancyStatus `json:"redundancy,omitempty"`
+	Chunks     *ChunkCensus      `json:"chunks,omitempty"`
 }
 
 // Capacity is the chunk store's disk.

@@ -219,6 +219,13 @@ func TestInitJoinServe(t *testing.T) {
 		}
 	}
 
+	// The census: big.bin's 4 chunks have their 2 copies, tmp.bin's 2
+	// chunks their 1.
+	st = waitStatus(t, n2, "census of 6 chunks", func(s appliance.Status) bool { return s.Chunks != nil && s.Chunks.Chunks == 6 })
+	if c := st.Chunks; c.On != 6 || c.Below != 0 || c.Above != 0 || len(c.Partial) != 0 || c.Error != "" {
+		t.Errorf("census: %+v", c)
+	}
+
 	// Both nodes hold copies: with two nodes and two copies, every
 	// chunk of big.bin is on each.
 	for _, c := range []appliance.Config{c1, c2} {

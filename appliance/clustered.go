@@ -45,6 +45,8 @@ type clusterNode struct {
 
 	// seeds are gossip addresses to join when Start could reach none.
 	seeds []string
+	// census caches the chunk census status shows.
+	census censusCache
 	// joinMu serializes the etcd membership changes this node makes when
 	// admitting nodes.
 	joinMu sync.Mutex

@@ -95,6 +95,24 @@ func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared: new chunks get only %d cop%s until nodes return (redundancy.when_short: degraded).", copies, up, plural(up, "y", "ies"))
 		st.Advice = fmt.Sprintf("bring nodes back or add nodes (wormhole join) until %d are up.", copies)
 	}
+	cs := n.chunkCensus(ctx)
+	st.Chunks = &cs
+	if cs.Below > 0 {
+		if st.Situation == "healthy" {
+			st.Situation = "degraded"
+		}
+		st.Summary += fmt.Sprintf(" %d of %d chunks have fewer copies than declared", cs.Below, cs.Chunks)
+		if cs.Missing > 0 {
+			st.Summary += fmt.Sprintf(", %d of them no copy on a node that is up (their files cannot be read until a node holding them returns)", cs.Missing)
+		}
+		st.Summary += "."
+		if st.Advice == "" {
+			st.Advice = "bring back the nodes that were down; re-replicating chunks onto other nodes (the repair worker) is not built yet."
+		}
+	}
+	if len(cs.Partial) > 0 {
+		st.Summary += fmt.Sprintf(" (Copies on %s were not counted: they did not answer.)", strings.Join(cs.Partial, ", "))
+	}
 	return nil
 }
 

@@ -107,6 +107,13 @@ func printStatus(w io.Writer, st appliance.Status) {
 	if st.Redundancy != nil {
 		fmt.Fprintf(w, "  Redundancy: %d copies of every chunk; when fewer nodes are up: %s\n", st.Redundancy.Copies, st.Redundancy.WhenShort)
 	}
+	if c := st.Chunks; c != nil {
+		fmt.Fprintf(w, "  Chunks:     %d: %d with their copies, %d with more, %d with fewer (%d with none on a node that is up)\n",
+			c.Chunks, c.On, c.Above, c.Below, c.Missing)
+		if c.Error != "" {
+			fmt.Fprintf(w, "              count incomplete: %s\n", c.Error)
+		}
+	}
 	if len(st.Nodes) == 0 {
 		return
 	}

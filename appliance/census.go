@@ -1,0 +1,113 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"sync"
+	"time"
+
+	"github.com/wormhole-fs/wormhole/chunker/census"
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/cluster"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// ChunkCensus is status's count of chunks by how many copies the nodes
+// hold, against what each chunk's file asks for.
+type ChunkCensus struct {
+	Chunks int `json:"chunks"`
+	// Below counts chunks with fewer copies than wanted, Missing those
+	// with none at all (included in Below), On and Above the others.
+	Below   int `json:"below"`
+	On      int `json:"on"`
+	Above   int `json:"above"`
+	Missing int `json:"missing"`
+	// Partial lists the nodes up but not answering: their copies were not
+	// seen, so Below may be too high.
+	Partial []string  `json:"partial,omitempty"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// censusMaxAge is how long a census is reused: counting reads every
+// chunk reference and every node's chunk list.
+const censusMaxAge = 10 * time.Second
+
+// censusCache keeps the last census; one is taken at a time.
+type censusCache struct {
+	mu   sync.Mutex
+	last *ChunkCensus
+}
+
+// chunkCensus returns a census at most censusMaxAge old.
+func (n *Node) chunkCensus(ctx context.Context) ChunkCensus {
+	c := &n.cl.census
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last != nil && time.Since(c.last.At) < censusMaxAge {
+		return *c.last
+	}
+	cs := n.takeCensus(ctx)
+	c.last = &cs
+	return cs
+}
+
+// takeCensus lists every alive node's chunks and compares them with every
+// file's chunk references.
+func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
+	cs := ChunkCensus{At: time.Now()}
+	listers := map[string]census.Lister{}
+	for _, m := range n.cl.members.Members() {
+		if m.State != cluster.StateAlive {
+			continue
+		}
+		if m.ID == n.cl.st.NodeID {
+			listers[m.ID] = n.store
+			continue
+		}
+		r, err := n.cl.dialer.Remote(m.ID)
+		if err != nil {
+			cs.Partial = append(cs.Partial, m.ID)
+			continue
+		}
+		l, ok := r.(census.Lister)
+		if !ok {
+			cs.Partial = append(cs.Partial, m.ID)
+			continue
+		}
+		listers[m.ID] = l
+	}
+	inv, errs := census.Gather(ctx, listers)
+	cs.Partial = append(cs.Partial, census.Failed(errs)...)
+
+	def := n.cfg.Redundancy.Copies
+	var scanErr error
+	chunks := func(yield func(census.Chunk) bool) {
+		var (
+			cur  meta.Ino
+			want int
+		)
+		scanErr = n.ns.ForEachChunk(ctx, func(ino meta.Ino, ref chunk.Ref) error {
+			if ino != cur {
+				cur, want = ino, def
+				if a, err := n.ns.GetAttr(ctx, ino); err == nil && a.Copies > 0 {
+					want = int(a.Copies)
+				}
+			}
+			if !yield(census.Chunk{ID: ref.ID, Want: want}) {
+				return errStopCensus
+			}
+			return nil
+		})
+	}
+	counts := census.Count(iter.Seq[census.Chunk](chunks), inv)
+	cs.Chunks, cs.Below, cs.On, cs.Above, cs.Missing = counts.Chunks, counts.Below, counts.On, counts.Above, counts.Missing
+	if scanErr != nil && scanErr != errStopCensus {
+		cs.Error = fmt.Sprintf("chunk references: %v", scanErr)
+	}
+	return cs
+}
+
+// errStopCensus ends a chunk scan whose consumer stopped.
+var errStopCensus = fmt.Errorf("census stopped")
