@@ -17,6 +17,7 @@ import (
 
 	"github.com/wormhole-fs/wormhole/appliance"
 	"github.com/wormhole-fs/wormhole/cluster/pki"
+	"github.com/wormhole-fs/wormhole/etcdmeta"
 	"github.com/wormhole-fs/wormhole/tests/testnode"
 )
 
@@ -283,5 +284,45 @@ func TestJoinRefusals(t *testing.T) {
 	}
 	if err := appliance.Join(ctx, single, ips[0]+":7948", tok.String(), testLogger(t)); err == nil || !strings.Contains(err.Error(), "single node") {
 		t.Errorf("join of a used data dir: %v", err)
+	}
+}
+
+// TestExternalEtcd: with etcd.endpoints, init and join use that etcd and
+// run no member of their own.
+func TestExternalEtcd(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	ext, err := etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{Dir: t.TempDir(), ClientURL: "http://" + ips[0] + ":2379"}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	for _, c := range []*appliance.Config{&c1, &c2} {
+		c.Etcd.Endpoints = []string{"http://" + ips[0] + ":2379"}
+	}
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1 := serve(t, c1)
+	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, c2)
+	st := waitStatus(t, n1, "two nodes alive", func(s appliance.Status) bool { return alive(s) == 2 })
+	for _, n := range st.Nodes {
+		if n.Etcd != "external" {
+			t.Errorf("node %s etcd role %q, want external", n.ID, n.Etcd)
+		}
+	}
+	for _, c := range []appliance.Config{c1, c2} {
+		if _, err := os.Stat(filepath.Join(c.DataDir, "etcd")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s runs an etcd member of its own (%v)", c.Node.ID, err)
+		}
+	}
+	resp, err := ext.Client().Get(ctx, "/wh/apptest/cluster/nodes/n2")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("n2 not recorded in the external etcd: %v", err)
 	}
 }
