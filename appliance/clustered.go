@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -46,6 +47,9 @@ type clusterNode struct {
 
 	// seeds are gossip addresses to join when Start could reach none.
 	seeds []string
+	// view is what etcd and gossip say of the other nodes, refreshed by
+	// gossipLoop: which drain, and since when the down ones are down.
+	view atomic.Pointer[clusterView]
 	// census caches the chunk census status shows.
 	census censusCache
 	// joinMu serializes the etcd membership changes this node makes when
@@ -235,8 +239,16 @@ func (n *Node) startCluster(ctx context.Context) error {
 		Data: c.peerLis.Addr().String(), Join: c.joinLis.Addr().String(), Etcd: c.st.Role,
 		Zone: n.cfg.Node.Zone, Tier: n.cfg.Node.Tier, Version: n.cfg.Version,
 	}
+	for _, r := range recs {
+		if r.ID == rec.ID {
+			rec.Draining = r.Draining // a drain goes on across restarts
+		}
+	}
 	if err := n.ns.PutNode(ctx, rec); err != nil {
 		return fmt.Errorf("record this node: %w", err)
+	}
+	if err := n.refreshView(ctx); err != nil {
+		return fmt.Errorf("cluster nodes: %w", err)
 	}
 
 	c.dialer = &peerDialer{members: c.members, roots: c.id.roots, cert: c.id.cert, clients: map[string]*peer.Client{}}
@@ -248,7 +260,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 		rcfg.MinCopies = 1
 	}
 	rcfg.Timeout = n.cfg.NFS.OpTimeout
-	if c.replica, err = replica.New(rcfg, n.store, replicaView{c.members}, c.dialer, n.log.With().Str("component", "replica").Logger()); err != nil {
+	if c.replica, err = replica.New(rcfg, n.store, replicaView{c}, c.dialer, n.log.With().Str("component", "replica").Logger()); err != nil {
 		return fmt.Errorf("redundancy: %w", err)
 	}
 	c.peerSrv = peer.NewServer(n.store, n.log.With().Str("component", "peer").Logger(), peer.ServerOptions{MaxChunk: int64(n.cfg.Chunks.Size)})
@@ -261,6 +273,51 @@ func (n *Node) startCluster(ctx context.Context) error {
 		return fmt.Errorf("cluster CA: %w", err)
 	}
 	c.joinSrv = join.NewServer(ca, admitter{n}, n.log.With().Str("component", "join").Logger(), join.ServerOptions{})
+	return nil
+}
+
+// clusterView is a snapshot of the recorded nodes.
+type clusterView struct {
+	records   []etcdmeta.NodeRecord
+	draining  map[string]bool
+	downSince map[string]time.Time // recorded nodes gossip does not hear
+}
+
+// viewInterval is how often the view is refreshed.
+const viewInterval = 2 * time.Second
+
+// refreshView reads the node records and notes which nodes are down since
+// when. A node already down when this node starts counts from then.
+func (n *Node) refreshView(ctx context.Context) error {
+	c := n.cl
+	recs, err := n.ns.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	prev := c.view.Load()
+	v := &clusterView{records: recs, draining: map[string]bool{}, downSince: map[string]time.Time{}}
+	up := map[string]bool{}
+	for _, m := range c.members.Members() {
+		if m.State == cluster.StateAlive {
+			up[m.ID] = true
+		}
+	}
+	now := time.Now()
+	for _, r := range recs {
+		if r.Draining {
+			v.draining[r.ID] = true
+		}
+		if up[r.ID] {
+			continue
+		}
+		v.downSince[r.ID] = now
+		if prev != nil {
+			if t, ok := prev.downSince[r.ID]; ok {
+				v.downSince[r.ID] = t
+			}
+		}
+	}
+	c.view.Store(v)
 	return nil
 }
 
@@ -305,10 +362,16 @@ func (n *Node) gossipLoop(ctx context.Context) {
 	defer t.Stop()
 	retry := time.NewTicker(5 * time.Second)
 	defer retry.Stop()
+	refresh := time.NewTicker(viewInterval)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-refresh.C:
+			if err := n.refreshView(ctx); err != nil && ctx.Err() == nil {
+				n.log.Debug().Err(err).Msg("refresh node records")
+			}
 		case <-t.C:
 			if err := c.members.UpdateFacts(); err != nil {
 				n.log.Debug().Err(err).Msg("gossip facts")
@@ -343,15 +406,27 @@ func (n *Node) drainReports(ctx context.Context) {
 }
 
 // replicaView adapts gossip membership to the replicator's view.
-type replicaView struct{ m *cluster.Membership }
+type replicaView struct{ c *clusterNode }
 
-func (v replicaView) SelfID() string { return v.m.Self().ID }
+func (v replicaView) SelfID() string { return v.c.members.Self().ID }
 
+// minFree is the free space under which a node takes no new chunks.
+const minFree = 256 << 20
+
+// Nodes weighs each node by its capacity, not its free space: placement
+// then stays put while disks fill, instead of moving chunks at every
+// write. A node nearly full, or draining, weighs 0: it takes no new
+// chunks but is still read.
 func (v replicaView) Nodes() []replica.Node {
-	ms := v.m.Members()
+	ms := v.c.members.Members()
+	view := v.c.view.Load()
 	out := make([]replica.Node, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, replica.Node{ID: m.ID, Zone: m.Zone, Tier: m.Tier, Weight: float64(m.Free), Alive: m.State == cluster.StateAlive})
+		w := float64(m.Capacity)
+		if m.Free < minFree || (view != nil && view.draining[m.ID]) {
+			w = 0
+		}
+		out = append(out, replica.Node{ID: m.ID, Zone: m.Zone, Tier: m.Tier, Weight: w, Alive: m.State == cluster.StateAlive})
 	}
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/wormhole-fs/wormhole/cluster"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
@@ -24,6 +25,11 @@ type NodeStatus struct {
 	CapacityBytes uint64 `json:"capacity_bytes"`
 	FreeBytes     uint64 `json:"free_bytes"`
 	Version       string `json:"version,omitempty"`
+	// Draining is set while `wormhole drain` empties the node.
+	Draining bool `json:"draining,omitempty"`
+	// DownSince is when this node last saw it go (or, if it was down
+	// already, when this node started).
+	DownSince *time.Time `json:"down_since,omitempty"`
 }
 
 // RedundancyStatus is the declared default policy.
@@ -59,7 +65,12 @@ func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 	var down []string
 	for _, r := range recs {
 		ns := NodeStatus{ID: r.ID, State: "dead", Advertise: r.Advertise, NFSAddr: r.NFSAddr, Etcd: r.Etcd,
-			Zone: r.Zone, Tier: r.Tier, Version: r.Version}
+			Zone: r.Zone, Tier: r.Tier, Version: r.Version, Draining: r.Draining}
+		if v := c.view.Load(); v != nil {
+			if t, ok := v.downSince[r.ID]; ok && !isAlive(alive, r.ID) {
+				ns.DownSince = &t
+			}
+		}
 		if role, ok := etcdRole[r.ID]; ok {
 			ns.Etcd = role
 		}
@@ -114,6 +125,11 @@ func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 		st.Summary += fmt.Sprintf(" (Copies on %s were not counted: they did not answer.)", strings.Join(cs.Partial, ", "))
 	}
 	return nil
+}
+
+func isAlive(alive map[string]cluster.Node, id string) bool {
+	_, ok := alive[id]
+	return ok
 }
 
 func plural(n int, one, many string) string {

@@ -37,6 +37,9 @@ type Config struct {
 	Node       NodeConfig       `koanf:"node"`
 	Cluster    ClusterConfig    `koanf:"cluster"`
 	Redundancy RedundancyConfig `koanf:"redundancy"`
+	Repair     RepairConfig     `koanf:"repair"`
+	Scrub      ScrubConfig      `koanf:"scrub"`
+	Postures   PosturesConfig   `koanf:"postures"`
 	Log        LogConfig        `koanf:"log"`
 
 	// Version is the running binary's version, set by the command, not
@@ -181,6 +184,41 @@ type ClusterConfig struct {
 	JoinPort int `koanf:"join_port" validate:"min=1,max=65535"`
 }
 
+// RepairConfig paces the background work that keeps every chunk where
+// placement puts it: re-replication after a node is lost, rebalancing
+// after one joins, draining, redundancy changes.
+type RepairConfig struct {
+	// Grace is how long a node may be down before the chunks it held are
+	// copied elsewhere (a reboot should not start a storm of copies).
+	Grace time.Duration `koanf:"grace" validate:"min=1s"`
+	// Bandwidth bounds the bytes per second copied between nodes.
+	Bandwidth int64 `koanf:"bandwidth" validate:"min=1048576"`
+	// Interval is the pause between passes when nothing changes.
+	Interval time.Duration `koanf:"interval" validate:"min=1s"`
+}
+
+// ScrubConfig paces the background re-reading of this node's chunks.
+type ScrubConfig struct {
+	// Rate bounds the bytes per second read; 0 turns scrubbing off.
+	Rate int64 `koanf:"rate" validate:"min=0"`
+	// Interval is the pause between full passes.
+	Interval time.Duration `koanf:"interval" validate:"min=1s"`
+}
+
+// PosturesConfig says what the cluster does in each situation (see
+// cluster/posture): serve, refuse-writes, read-only or freeze.
+type PosturesConfig struct {
+	// Favourable: some chunks below their copies, none lost, and enough
+	// nodes and space to restore them all.
+	Favourable string `koanf:"favourable" validate:"oneof=serve refuse-writes read-only freeze"`
+	// Mixed: none lost, but too few nodes or too little space to restore
+	// every copy.
+	Mixed string `koanf:"mixed" validate:"oneof=serve refuse-writes read-only freeze"`
+	// Critical: some chunks have no copy on a node that is up, or etcd
+	// lost its quorum.
+	Critical string `koanf:"critical" validate:"oneof=serve refuse-writes read-only freeze"`
+}
+
 // RedundancyConfig is the cluster's default redundancy policy.
 type RedundancyConfig struct {
 	// Copies is how many nodes hold each chunk.
@@ -213,6 +251,9 @@ func DefaultConfig() Config {
 		Log:        LogConfig{Level: "info", Format: "console"},
 		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},
 		Redundancy: RedundancyConfig{Copies: 2, WhenShort: "degraded"},
+		Repair:     RepairConfig{Grace: 10 * time.Minute, Bandwidth: 64 << 20, Interval: time.Minute},
+		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour},
+		Postures:   PosturesConfig{Favourable: "serve", Mixed: "serve", Critical: "read-only"},
 	}
 }
 

@@ -47,6 +47,9 @@ type NodeRecord struct {
 	Zone    string `json:"zone,omitempty"`
 	Tier    string `json:"tier,omitempty"`
 	Version string `json:"version,omitempty"`
+	// Draining is set by `wormhole drain`: the node takes no new chunks
+	// and the repair worker moves its chunks elsewhere.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // PutCA records the cluster CA unless one is recorded already, and
@@ -126,6 +129,46 @@ func (s *Store) PutNode(ctx context.Context, n NodeRecord) error {
 		return fmt.Errorf("node record %q: %w", n.ID, meta.ErrInvalid)
 	}
 	return s.putJSON(ctx, s.keys.node(n.ID), n)
+}
+
+// SetDraining marks node id as draining or not. It fails with an error
+// wrapping ErrNoRecord for an unknown node.
+func (s *Store) SetDraining(ctx context.Context, id string, draining bool) error {
+	for {
+		resp, err := s.cli.Get(ctx, s.keys.node(id))
+		if err != nil {
+			return etcdErr("read node "+id, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("node %s: %w", id, ErrNoRecord)
+		}
+		var n NodeRecord
+		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
+			return fmt.Errorf("node %s: %w", id, errMalformed)
+		}
+		n.Draining = draining
+		b, err := json.Marshal(n)
+		if err != nil {
+			return err
+		}
+		kv := resp.Kvs[0]
+		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(string(kv.Key), string(b))).Commit()
+		if err != nil {
+			return etcdErr("write node "+id, err)
+		}
+		if tr.Succeeded {
+			return nil
+		}
+	}
+}
+
+// DeleteNode forgets node id.
+func (s *Store) DeleteNode(ctx context.Context, id string) error {
+	if _, err := s.cli.Delete(ctx, s.keys.node(id)); err != nil {
+		return etcdErr("delete node "+id, err)
+	}
+	return nil
 }
 
 // Nodes returns every recorded node, sorted by id.
