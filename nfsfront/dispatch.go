@@ -82,6 +82,12 @@ func (s *Server) dispatch(ctx context.Context, rec []byte, o origin) (reply []by
 			if c := s.callerCreds(call{h, o}); c.denied || c.badHandle {
 				return authErrorReply(h.xid, authTooWeak), false
 			}
+			// go-nfs knows nothing of postures: gate here, by
+			// procedure number (COMMIT, MKNOD, READLINK, FSSTAT,
+			// PATHCONF).
+			if refusal := s.gateCall(h); refusal != nil {
+				return refusal, false
+			}
 		}
 		return nil, true
 	case h.prog == progMount && o.svc&svcMount != 0:

@@ -17,6 +17,14 @@
 // replies are forwarded as whole records; fsys.go and handler.go are the
 // billy filesystem and go-nfs Handler it needs.
 //
+// # Postures
+//
+// An optional Gate (gate.go), set by the composition root from the
+// cluster's crisis posture, is asked before each NFSv3 call but NULL runs,
+// ours or go-nfs's: refused changes get NFS3ERR_ROFS (ErrWritesRefused),
+// and everything gets NFS3ERR_JUKEBOX under freeze (ErrFrozen). MOUNT and
+// the portmapper are always answered.
+//
 // # File handles
 //
 // A handle is version, export, inode, generation and a MAC keyed by the

@@ -48,8 +48,12 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EIO // before the rest: a corrupt copy is never "not found"
 	case errors.Is(err, meta.ErrNoSpace), errors.Is(err, chunk.ErrNoSpace):
 		return syscall.ENOSPC
-	case errors.Is(err, errReadOnly):
+	case errors.Is(err, errReadOnly), errors.Is(err, ErrWritesRefused):
 		return syscall.EROFS
+	case errors.Is(err, ErrFrozen):
+		// JUKEBOX: clients wait and retry until the posture lifts (see
+		// ErrFrozen).
+		return syscall.EAGAIN
 	case errors.Is(err, errPerm):
 		return syscall.EPERM
 	case errors.Is(err, errAccess):

@@ -30,18 +30,23 @@ const (
 	procSetattr     = 2
 	procLookup      = 3
 	procAccess      = 4
+	procReadlink    = 5
 	procRead        = 6
 	procWrite       = 7
 	procCreate      = 8
 	procMkdir       = 9
 	procSymlink     = 10
+	procMknod       = 11
 	procRemove      = 12
 	procRmdir       = 13
 	procRename      = 14
 	procLink        = 15
 	procReadDir     = 16
 	procReadDirPlus = 17
+	procFSStat      = 18
 	procFSInfo      = 19
+	procPathconf    = 20
+	procCommit      = 21
 )
 
 var ownProcs = map[uint32]procFunc{
@@ -69,9 +74,18 @@ const (
 	maxPathWire = 4096
 )
 
-// handleOwn runs proc for call and returns the whole reply record.
+// handleOwn runs proc for call and returns the whole reply record. A
+// call the Gate refuses is answered before its arguments are decoded:
+// the refusal needs none of them, and a frozen server does no work. A
+// client no export admits is not told the posture: proc refuses it with
+// NFS3ERR_ACCES before touching anything.
 func (s *Server) handleOwn(ctx context.Context, cl call, proc procFunc) []byte {
 	c := s.callerCreds(cl)
+	if !c.denied {
+		if refusal := s.gateCall(cl.rpcCallHeader); refusal != nil {
+			return refusal
+		}
+	}
 	return s.runProc(ctx, cl.rpcCallHeader, func(ctx context.Context, d *xdrDecoder, e *xdrEncoder) {
 		proc(s, ctx, c, d, e)
 	})
@@ -752,9 +766,14 @@ func (s *Server) access(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncod
 	if allowed(a, c, permRead) {
 		granted |= accessRead
 	}
+	// Rights the export or the cluster's posture would refuse are not
+	// granted (as knfsd does for a read-only export), so a client fails
+	// an open for writing at once rather than at close.
 	if allowed(a, c, permWrite) && !c.readOnly {
-		granted |= accessModify | accessExtend
-		if a.Type == meta.TypeDir {
+		if s.permits(OpWrite) {
+			granted |= accessModify | accessExtend
+		}
+		if a.Type == meta.TypeDir && s.permits(OpRemove) {
 			granted |= accessDelete
 		}
 	}

@@ -62,6 +62,9 @@ type Config struct {
 	// (clients reconnect transparently).
 	MaxConns, MaxConnsPerClient int
 	IdleTimeout                 time.Duration
+	// Gate, when set, decides which NFSv3 calls may run under the
+	// cluster's current posture (see Gate); nil allows everything.
+	Gate Gate
 }
 
 // DefaultConfig returns the defaults: a loopback-only export.
