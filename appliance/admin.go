@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wormhole-fs/wormhole/chunker/repair"
+	"github.com/wormhole-fs/wormhole/chunker/scrub"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
@@ -50,6 +52,16 @@ type Status struct {
 	Nodes      []NodeStatus      `json:"nodes,omitempty"`
 	Redundancy *RedundancyStatus `json:"redundancy,omitempty"`
 	Chunks     *ChunkCensus      `json:"chunks,omitempty"`
+	// Posture is what the cluster does in its situation (serve,
+	// refuse-writes, read-only, freeze), PostureMeaning says it in words
+	// and AtRisk says what could be lost.
+	Posture        string `json:"posture,omitempty"`
+	PostureMeaning string `json:"posture_meaning,omitempty"`
+	AtRisk         string `json:"at_risk,omitempty"`
+	// Repair is the cluster's repair worker, as last recorded.
+	Repair *repair.Progress `json:"repair,omitempty"`
+	// Scrub is this node's scrubber; nil when scrub.rate is 0.
+	Scrub *ScrubStatus `json:"scrub,omitempty"`
 }
 
 // Capacity is the chunk store's disk.
@@ -66,6 +78,7 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	st := Status{
 		Version: n.cfg.Version, ClusterID: n.cfg.ClusterID, Started: n.started,
 		NFSAddr: n.lis.Addr().String(), DataDir: n.cfg.DataDir, Exports: max(len(n.cfg.NFS.Exports), 1),
+		Scrub: n.scrubStatus(),
 	}
 	var err error
 	if st.Capacity.TotalBytes, st.Capacity.FreeBytes, err = n.store.Usage(); err != nil {
@@ -149,6 +162,47 @@ func (n *Node) adminHandler(token string, reg *prometheus.Registry) http.Handler
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]int{"changed": changed, "copies": copies})
 	})
+	nodeErr := func(w http.ResponseWriter, err error) {
+		code := http.StatusInternalServerError
+		switch {
+		case errors.Is(err, ErrUnknownNode):
+			code = http.StatusNotFound
+		case errors.Is(err, ErrNotClustered), errors.Is(err, ErrOnlyCopy):
+			code = http.StatusConflict
+		}
+		http.Error(w, err.Error(), code)
+	}
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", func(w http.ResponseWriter, r *http.Request) {
+		if err := n.Drain(r.Context(), r.PathValue("id"), r.URL.Query().Get("cancel") == ""); err != nil {
+			nodeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/nodes/{id}", func(w http.ResponseWriter, r *http.Request) {
+		nc, err := n.NodeChunks(r.Context(), r.PathValue("id"))
+		if err != nil {
+			nodeErr(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(nc)
+	})
+	mux.HandleFunc("POST /v1/nodes/{id}/remove", func(w http.ResponseWriter, r *http.Request) {
+		if err := n.Remove(r.Context(), r.PathValue("id"), r.URL.Query().Get("force") != ""); err != nil {
+			nodeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/scrub", func(w http.ResponseWriter, r *http.Request) {
+		if n.scrub == nil {
+			http.Error(w, "scrubbing is off (scrub.rate is 0)", http.StatusConflict)
+			return
+		}
+		n.scrub.Kick()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := n.Status(r.Context())
 		if err != nil {
@@ -200,8 +254,44 @@ func (n *Node) metrics() *prometheus.Registry {
 			}
 			return float64(v)
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_chunks_below_redundancy_reports_total", Help: "Chunks found below their redundancy by reads and writes."},
+			func() float64 { return float64(n.underReplicated.Load()) }),
 	)
+	if n.scrub != nil {
+		stat := func(f func(scrub.Stats) uint64) func() float64 {
+			return func() float64 { return float64(f(n.scrub.Stats())) }
+		}
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_checked_chunks_total", Help: "Chunks the scrubber verified."}, stat(func(s scrub.Stats) uint64 { return s.Checked })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_corrupt_chunks_total", Help: "Damaged chunk copies the scrubber set aside."}, stat(func(s scrub.Stats) uint64 { return s.Corrupt })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_read_bytes_total", Help: "Bytes the scrubber read."}, stat(func(s scrub.Stats) uint64 { return s.BytesRead })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_passes_total", Help: "Full scrub passes finished."}, stat(func(s scrub.Stats) uint64 { return s.Passes })),
+		)
+	}
 	return reg
+}
+
+// ScrubStatus is what the scrubber has done since the node started.
+type ScrubStatus struct {
+	Passes       uint64     `json:"passes"`
+	Checked      uint64     `json:"checked"`
+	Corrupt      uint64     `json:"corrupt"`
+	Errors       uint64     `json:"errors"`
+	BytesRead    uint64     `json:"bytes_read"`
+	Running      bool       `json:"running"`
+	LastFinished *time.Time `json:"last_finished,omitempty"`
+}
+
+func (n *Node) scrubStatus() *ScrubStatus {
+	if n.scrub == nil {
+		return nil
+	}
+	s := n.scrub.Stats()
+	st := &ScrubStatus{Passes: s.Passes, Checked: s.Checked, Corrupt: s.Corrupt, Errors: s.Errors, BytesRead: s.BytesRead, Running: s.Running}
+	if !s.LastPassFinished.IsZero() {
+		st.LastFinished = &s.LastPassFinished
+	}
+	return st
 }
 
 // listenAdmin binds the admin address, with a clear error when it is taken.

@@ -23,6 +23,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wormhole-fs/wormhole/chunker"
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/chunker/scrub"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
 	"github.com/wormhole-fs/wormhole/nfsfront"
 )
@@ -45,6 +47,11 @@ type Node struct {
 	cl *clusterNode
 	// underReplicated counts the chunks found below their redundancy.
 	underReplicated atomic.Uint64
+	// gate applies the cluster's crisis posture to NFS requests; nil on
+	// a single node.
+	gate *postureGate
+	// scrub re-reads this node's chunks; nil when scrub.rate is 0.
+	scrub *scrub.Scrubber
 
 	admin      net.Listener // nil when admin.addr is empty
 	adminToken string
@@ -175,13 +182,21 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		}
 		blobs, usage = n.cl.replica, clusterUsage{n.cl.members, cfg.Redundancy.Copies}
 	}
+	if cfg.Scrub.Rate > 0 {
+		n.scrub = scrub.New(scrub.Config{Rate: cfg.Scrub.Rate, Interval: cfg.Scrub.Interval, Delay: cfg.Scrub.Delay},
+			n.store, n.badChunk, log.With().Str("component", "scrub").Logger())
+	}
 	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
 
 	exports, err := cfg.NFS.nfsExports()
 	if err != nil {
 		return nil, err
 	}
-	n.nfs, err = nfsfront.New(nfsfront.Config{
+	var gate nfsfront.Gate
+	if n.gate != nil {
+		gate = n.gate
+	}
+	n.nfs, err = nfsfront.New(nfsfront.Config{Gate: gate,
 		OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord, Exports: exports,
 		MaxConns: cfg.NFS.MaxConnections, MaxConnsPerClient: cfg.NFS.MaxConnectionsPerClient, IdleTimeout: cfg.NFS.IdleTimeout,
 	}, ns, dataPath{files, usage}, secret, log.With().Str("component", "nfs").Logger())
@@ -239,6 +254,13 @@ func (n *Node) Serve(ctx context.Context) error {
 			cancel()
 		})
 	}
+	if n.scrub != nil {
+		wg.Go(func() {
+			if err := n.scrub.Run(ctx); err != nil {
+				n.log.Error().Err(err).Msg("scrub stopped")
+			}
+		})
+	}
 	wg.Go(func() {
 		if errs[0] = n.nfs.Serve(ctx, n.lis); errs[0] != nil {
 			cancel()
@@ -259,8 +281,43 @@ func (n *Node) Serve(ctx context.Context) error {
 		errs[2] = fmt.Errorf("embedded etcd stopped: %w", err)
 		cancel()
 	}
-	wg.Wait()
+	cancel()
+	n.waitStopped(&wg)
 	return errors.Join(append(errs, more...)...)
+}
+
+// shutdownGrace is how long Serve waits for its components to stop
+// before it closes the etcd client under them.
+const shutdownGrace = 10 * time.Second
+
+// waitStopped waits for the components to stop. Some wait on etcd (an
+// election's resignation, a lease): when etcd cannot be reached they
+// would wait for ever, so after shutdownGrace the etcd client is closed,
+// which ends their calls.
+func (n *Node) waitStopped(wg *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-time.After(shutdownGrace):
+	}
+	n.log.Warn().Dur("after", shutdownGrace).Msg("still stopping (is etcd unreachable?): closing the etcd client")
+	if n.ns != nil {
+		_ = n.ns.Client().Close()
+	}
+	<-done
+}
+
+// badChunk hears of a damaged copy the scrubber set aside: in a cluster
+// the repair worker copies a good one back.
+func (n *Node) badChunk(id chunk.ID, reason string) {
+	if n.cl != nil {
+		n.kickRepair()
+	}
 }
 
 // etcdErr reports the embedded etcd's failure; nil (never ready) when the

@@ -30,9 +30,13 @@ type ChunkCensus struct {
 	Error   string    `json:"error,omitempty"`
 }
 
-// censusMaxAge is how long a census is reused: counting reads every
-// chunk reference and every node's chunk list.
-const censusMaxAge = 10 * time.Second
+// How old a census may be when reused: counting reads every chunk
+// reference and every node's chunk list, so the posture loop, which runs
+// often, takes a new one rarely; status asks for a fresher one.
+const (
+	statusCensusAge  = 10 * time.Second
+	postureCensusAge = time.Minute
+)
 
 // censusCache keeps the last census; one is taken at a time.
 type censusCache struct {
@@ -40,12 +44,12 @@ type censusCache struct {
 	last *ChunkCensus
 }
 
-// chunkCensus returns a census at most censusMaxAge old.
-func (n *Node) chunkCensus(ctx context.Context) ChunkCensus {
+// chunkCensus returns a census at most maxAge old.
+func (n *Node) chunkCensus(ctx context.Context, maxAge time.Duration) ChunkCensus {
 	c := &n.cl.census
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.last != nil && time.Since(c.last.At) < censusMaxAge {
+	if c.last != nil && time.Since(c.last.At) < maxAge {
 		return *c.last
 	}
 	cs := n.takeCensus(ctx)
@@ -57,26 +61,11 @@ func (n *Node) chunkCensus(ctx context.Context) ChunkCensus {
 // file's chunk references.
 func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 	cs := ChunkCensus{At: time.Now()}
-	listers := map[string]census.Lister{}
+	listers := n.aliveListers()
 	for _, m := range n.cl.members.Members() {
-		if m.State != cluster.StateAlive {
-			continue
-		}
-		if m.ID == n.cl.st.NodeID {
-			listers[m.ID] = n.store
-			continue
-		}
-		r, err := n.cl.dialer.Remote(m.ID)
-		if err != nil {
+		if _, ok := listers[m.ID]; !ok && m.State == cluster.StateAlive {
 			cs.Partial = append(cs.Partial, m.ID)
-			continue
 		}
-		l, ok := r.(census.Lister)
-		if !ok {
-			cs.Partial = append(cs.Partial, m.ID)
-			continue
-		}
-		listers[m.ID] = l
 	}
 	inv, errs := census.Gather(ctx, listers)
 	cs.Partial = append(cs.Partial, census.Failed(errs)...)

@@ -296,7 +296,7 @@ func TestExternalEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ext.Close()
+	t.Cleanup(func() { ext.Close() }) // after the nodes stop (cleanups run last first)
 	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
 	for _, c := range []*appliance.Config{&c1, &c2} {
 		c.Etcd.Endpoints = []string{"http://" + ips[0] + ":2379"}

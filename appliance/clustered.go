@@ -21,6 +21,7 @@ import (
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/chunker/peer"
+	"github.com/wormhole-fs/wormhole/chunker/repair"
 	"github.com/wormhole-fs/wormhole/chunker/replica"
 	"github.com/wormhole-fs/wormhole/cluster"
 	"github.com/wormhole-fs/wormhole/cluster/join"
@@ -50,6 +51,8 @@ type clusterNode struct {
 	// view is what etcd and gossip say of the other nodes, refreshed by
 	// gossipLoop: which drain, and since when the down ones are down.
 	view atomic.Pointer[clusterView]
+	// repair keeps chunks where placement puts them (one leader at a time).
+	repair *repair.Worker
 	// census caches the chunk census status shows.
 	census censusCache
 	// joinMu serializes the etcd membership changes this node makes when
@@ -263,6 +266,10 @@ func (n *Node) startCluster(ctx context.Context) error {
 	if c.replica, err = replica.New(rcfg, n.store, replicaView{c}, c.dialer, n.log.With().Str("component", "replica").Logger()); err != nil {
 		return fmt.Errorf("redundancy: %w", err)
 	}
+	n.gate = &postureGate{}
+	if c.repair, err = n.newRepair(); err != nil {
+		return fmt.Errorf("repair: %w", err)
+	}
 	c.peerSrv = peer.NewServer(n.store, n.log.With().Str("component", "peer").Logger(), peer.ServerOptions{MaxChunk: int64(n.cfg.Chunks.Size)})
 	caCert, caKey, err := n.ns.CA(ctx)
 	if err != nil {
@@ -351,6 +358,13 @@ func (n *Node) serveCluster(ctx context.Context, wg *sync.WaitGroup, fail func(e
 		}
 	})
 	wg.Go(func() { n.gossipLoop(ctx) })
+	wg.Go(func() { n.postureLoop(ctx) })
+	wg.Go(func() {
+		if err := c.repair.Run(ctx); err != nil {
+			fail(fmt.Errorf("repair worker: %w", err))
+		}
+	})
+	wg.Go(func() { n.watchMembership(ctx) })
 	wg.Go(func() { n.drainReports(ctx) })
 }
 
@@ -389,9 +403,21 @@ func (n *Node) gossipLoop(ctx context.Context) {
 	}
 }
 
-// drainReports logs the chunks the replicator found below their policy.
-// Repairing them is the repair worker's job (not built yet); until then
-// they are counted and logged so the operator sees them.
+// watchMembership asks for a repair pass when a node comes, goes or
+// changes: a new node may take chunks, a lost one leaves copies to make
+// once its grace period ends (the worker also passes every interval).
+func (n *Node) watchMembership(ctx context.Context) {
+	for ev := range n.cl.members.Subscribe(ctx) {
+		n.log.Debug().Str("node", ev.Node.ID).Stringer("event", ev.Kind).Msg("membership changed")
+		if err := n.refreshView(ctx); err != nil && ctx.Err() == nil {
+			n.log.Debug().Err(err).Msg("refresh node records")
+		}
+		n.kickRepair()
+	}
+}
+
+// drainReports counts and logs the chunks the replicator found below
+// their policy, and asks the repair worker for a pass.
 func (n *Node) drainReports(ctx context.Context) {
 	for {
 		select {
@@ -399,6 +425,7 @@ func (n *Node) drainReports(ctx context.Context) {
 			return
 		case r := <-n.cl.replica.Reports():
 			n.underReplicated.Add(1)
+			n.kickRepair()
 			n.log.Warn().Str("chunk", r.ID.String()).Str("reason", string(r.Reason)).Str("node", r.Node).
 				Msg("chunk below its redundancy")
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wormhole-fs/wormhole/cluster"
+	"github.com/wormhole-fs/wormhole/cluster/posture"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
 )
 
@@ -87,42 +88,42 @@ func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 	st.Capacity.TotalBytes, st.Capacity.FreeBytes, _ = clusterUsage{c.members, n.cfg.Redundancy.Copies}.Usage()
 
 	up, copies := len(alive), n.cfg.Redundancy.Copies
-	st.Situation = "healthy"
 	st.Summary = fmt.Sprintf("%d of %d nodes up", up, len(recs))
 	if up < len(recs) {
-		st.Situation = "degraded"
 		st.Summary += fmt.Sprintf(" (down: %s); files are read from the copies on the nodes that are up", strings.Join(down, ", "))
-		st.Advice = "bring the down nodes back; until then chunks that had a copy on them have fewer copies than declared."
 	}
 	switch {
 	case up >= copies:
 		st.Summary += fmt.Sprintf("; every new chunk is written to %d nodes before the client is answered.", copies)
 	case n.cfg.Redundancy.WhenShort == "refuse":
-		st.Situation = "critical"
-		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared, so writes are refused (redundancy.when_short: refuse); reads continue.", copies)
-		st.Advice = fmt.Sprintf("bring nodes back or add nodes (wormhole join) until %d are up.", copies)
+		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared, so writes are refused (redundancy.when_short: refuse).", copies)
 	default:
-		st.Situation = "degraded"
 		st.Summary += fmt.Sprintf(". Fewer nodes are up than the %d copies declared: new chunks get only %d cop%s until nodes return (redundancy.when_short: degraded).", copies, up, plural(up, "y", "ies"))
-		st.Advice = fmt.Sprintf("bring nodes back or add nodes (wormhole join) until %d are up.", copies)
 	}
-	cs := n.chunkCensus(ctx)
+	cs := n.chunkCensus(ctx, statusCensusAge)
 	st.Chunks = &cs
 	if cs.Below > 0 {
-		if st.Situation == "healthy" {
-			st.Situation = "degraded"
-		}
 		st.Summary += fmt.Sprintf(" %d of %d chunks have fewer copies than declared", cs.Below, cs.Chunks)
 		if cs.Missing > 0 {
-			st.Summary += fmt.Sprintf(", %d of them no copy on a node that is up (their files cannot be read until a node holding them returns)", cs.Missing)
+			st.Summary += fmt.Sprintf(", %d of them no copy on a node that is up (reads of their data fail with an I/O error until a node holding them returns)", cs.Missing)
 		}
 		st.Summary += "."
-		if st.Advice == "" {
-			st.Advice = "bring back the nodes that were down; re-replicating chunks onto other nodes (the repair worker) is not built yet."
-		}
 	}
 	if len(cs.Partial) > 0 {
 		st.Summary += fmt.Sprintf(" (Copies on %s were not counted: they did not answer.)", strings.Join(cs.Partial, ", "))
+	}
+	a := n.assess(ctx)
+	st.Situation, st.Posture, st.AtRisk, st.Advice = string(a.Situation), string(a.Posture), a.AtRisk, a.Advice
+	st.PostureMeaning = a.Posture.Meaning()
+	if a.Situation == posture.Healthy {
+		st.Advice = ""
+		if len(down) > 0 {
+			st.Advice = fmt.Sprintf("every chunk has its copies without %s: bring %s back, or take %s out with 'wormhole remove'.",
+				strings.Join(down, ", "), plural(len(down), "it", "them"), plural(len(down), "it", "them"))
+		}
+	}
+	if p := n.repairProgress(ctx); p != nil {
+		st.Repair = p
 	}
 	return nil
 }

@@ -203,6 +203,8 @@ type ScrubConfig struct {
 	Rate int64 `koanf:"rate" validate:"min=0"`
 	// Interval is the pause between full passes.
 	Interval time.Duration `koanf:"interval" validate:"min=1s"`
+	// Delay is the wait after start before the first pass.
+	Delay time.Duration `koanf:"delay" validate:"min=0"`
 }
 
 // PosturesConfig says what the cluster does in each situation (see
@@ -252,7 +254,7 @@ func DefaultConfig() Config {
 		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},
 		Redundancy: RedundancyConfig{Copies: 2, WhenShort: "degraded"},
 		Repair:     RepairConfig{Grace: 10 * time.Minute, Bandwidth: 64 << 20, Interval: time.Minute},
-		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour},
+		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour, Delay: 10 * time.Minute},
 		Postures:   PosturesConfig{Favourable: "serve", Mixed: "serve", Critical: "read-only"},
 	}
 }

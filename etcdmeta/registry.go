@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -50,6 +51,8 @@ type NodeRecord struct {
 	// Draining is set by `wormhole drain`: the node takes no new chunks
 	// and the repair worker moves its chunks elsewhere.
 	Draining bool `json:"draining,omitempty"`
+	// DrainingSince is when the drain was asked for.
+	DrainingSince time.Time `json:"draining_since,omitzero"`
 }
 
 // PutCA records the cluster CA unless one is recorded already, and
@@ -145,6 +148,9 @@ func (s *Store) SetDraining(ctx context.Context, id string, draining bool) error
 		var n NodeRecord
 		if err := json.Unmarshal(resp.Kvs[0].Value, &n); err != nil {
 			return fmt.Errorf("node %s: %w", id, errMalformed)
+		}
+		if draining && !n.Draining {
+			n.DrainingSince = time.Now()
 		}
 		n.Draining = draining
 		b, err := json.Marshal(n)

@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newInitCmd(), newJoinCmd(), newTokenCmd(), newWhereCmd(), newRedundancyCmd(), newStatusCmd(), newBenchCmd(), &cobra.Command{
+	root.AddCommand(newServeCmd(), newInitCmd(), newJoinCmd(), newTokenCmd(), newWhereCmd(), newRedundancyCmd(), newDrainCmd(), newRemoveCmd(), newStatusCmd(), newBenchCmd(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) },

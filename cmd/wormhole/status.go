@@ -97,6 +97,12 @@ func adminCall(cmd *cobra.Command, cfg appliance.Config, method, path string) ([
 func printStatus(w io.Writer, st appliance.Status) {
 	fmt.Fprintf(w, "Wormhole %s, cluster %q, up %s\n", st.Version, st.ClusterID, time.Since(st.Started).Round(time.Second))
 	fmt.Fprintf(w, "  Situation:  %s: %s\n", strings.ToUpper(st.Situation), st.Summary)
+	if st.Posture != "" && st.Situation != "healthy" {
+		fmt.Fprintf(w, "  Posture:    %s: %s\n", strings.ToUpper(st.Posture), st.PostureMeaning)
+	}
+	if st.AtRisk != "" && st.Situation != "healthy" {
+		fmt.Fprintf(w, "  At risk:    %s\n", st.AtRisk)
+	}
 	if st.Advice != "" {
 		fmt.Fprintf(w, "  To do:      %s\n", st.Advice)
 	}
@@ -106,6 +112,21 @@ func printStatus(w io.Writer, st appliance.Status) {
 	fmt.Fprintf(w, "  Data dir:   %s\n", st.DataDir)
 	if st.Redundancy != nil {
 		fmt.Fprintf(w, "  Redundancy: %d copies of every chunk; when fewer nodes are up: %s\n", st.Redundancy.Copies, st.Redundancy.WhenShort)
+	}
+	if sc := st.Scrub; sc != nil {
+		last := "no full pass yet"
+		if sc.LastFinished != nil {
+			last = "last pass finished " + sc.LastFinished.Format(time.DateTime)
+		}
+		fmt.Fprintf(w, "  Scrub:      %d chunks verified, %d damaged copies set aside (%s)\n", sc.Checked, sc.Corrupt, last)
+	}
+	if r := st.Repair; r != nil && r.Pass > 0 {
+		state := "idle"
+		if r.Running {
+			state = "running"
+		}
+		fmt.Fprintf(w, "  Repair:     %s (leader %s); pass %d: %d of %d copies made, %d of %d extra copies removed, %d failed\n",
+			state, r.Leader, r.Pass, r.Copied, r.ToCopy, r.Deleted, r.ToDelete, r.Failed)
 	}
 	if c := st.Chunks; c != nil {
 		fmt.Fprintf(w, "  Chunks:     %d: %d with their copies, %d with more, %d with fewer (%d with none on a node that is up)\n",
