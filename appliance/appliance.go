@@ -25,7 +25,9 @@ import (
 	"github.com/wormhole-fs/wormhole/chunker"
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/chunker/scrub"
+	"github.com/wormhole-fs/wormhole/cluster/posture"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 	"github.com/wormhole-fs/wormhole/nfsfront"
 )
 
@@ -199,7 +201,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	n.nfs, err = nfsfront.New(nfsfront.Config{Gate: gate,
 		OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord, Exports: exports,
 		MaxConns: cfg.NFS.MaxConnections, MaxConnsPerClient: cfg.NFS.MaxConnectionsPerClient, IdleTimeout: cfg.NFS.IdleTimeout,
-	}, ns, dataPath{files, usage}, secret, log.With().Str("component", "nfs").Logger())
+	}, ns, dataPath{files, usage, n.gate}, secret, log.With().Str("component", "nfs").Logger())
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +218,27 @@ type usageReporter interface {
 type dataPath struct {
 	*chunker.Files
 	usageReporter
+	// gate, in a cluster, tells whether the situation is critical.
+	gate *postureGate
+}
+
+// errNoLiveCopy is a read of a chunk no node that is up holds, while the
+// cluster is critical: the client gets an I/O error (it is not wrapped,
+// so it does not map to "try again later").
+var errNoLiveCopy = errors.New("no live copy of this data: the nodes that hold it are down")
+
+// ReadAt reads through Files. A chunk whose holders are down is "try again
+// later" (clients wait for the node), except when the cluster is critical
+// (data is missing past the repair grace, or etcd lost its quorum): then
+// it is an I/O error, never a wait without end nor wrong bytes.
+func (d dataPath) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error) {
+	n, err := d.Files.ReadAt(ctx, ino, size, p, off)
+	if err != nil && d.gate != nil && errors.Is(err, chunk.ErrUnavailable) {
+		if a := d.gate.cur.Load(); a != nil && a.Situation == posture.Critical {
+			return n, fmt.Errorf("read inode %d: %w (%v)", ino, errNoLiveCopy, err)
+		}
+	}
+	return n, err
 }
 
 // NFSAddr is the address the NFS front listens on.
