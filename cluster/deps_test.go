@@ -1,36 +1,11 @@
 package cluster
 
 import (
-	"go/parser"
-	"go/token"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/wormhole-fs/wormhole/internal/importcheck"
 )
 
-// TestImportsNoWormholePackage enforces the package's place at the bottom
-// of the dependency graph.
-func TestImportsNoWormholePackage(t *testing.T) {
-	files, err := os.ReadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	for _, f := range files {
-		name := f.Name()
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		af, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			path, _ := strconv.Unquote(imp.Path.Value)
-			if strings.HasPrefix(path, "github.com/wormhole-fs/wormhole") {
-				t.Errorf("%s imports %s", name, path)
-			}
-		}
-	}
-}
+// TestImportsNoWormholePackage keeps cluster at the bottom of the graph:
+// the other layers consume it, it consumes none of them.
+func TestImportsNoWormholePackage(t *testing.T) { importcheck.Check(t, importcheck.Wormhole()) }

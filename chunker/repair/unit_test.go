@@ -2,17 +2,13 @@ package repair
 
 import (
 	"context"
-	"go/parser"
-	"go/token"
 	"math"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
+	"github.com/wormhole-fs/wormhole/internal/importcheck"
 )
 
 func TestThrottleArithmetic(t *testing.T) {
@@ -128,30 +124,5 @@ func TestConfig(t *testing.T) {
 // TestImports keeps the package's place in the dependency graph: from
 // Wormhole it imports only the chunk and namespace types and the census.
 func TestImports(t *testing.T) {
-	allowed := []string{
-		"github.com/wormhole-fs/wormhole/chunker/chunk",
-		"github.com/wormhole-fs/wormhole/chunker/census",
-		"github.com/wormhole-fs/wormhole/etcdmeta/meta",
-	}
-	files, err := os.ReadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	for _, f := range files {
-		name := f.Name()
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		af, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			path, _ := strconv.Unquote(imp.Path.Value)
-			if strings.HasPrefix(path, "github.com/wormhole-fs/wormhole") && !slices.Contains(allowed, path) {
-				t.Errorf("%s imports %s", name, path)
-			}
-		}
-	}
+	importcheck.Check(t, importcheck.Wormhole("chunker/chunk", "chunker/census", "etcdmeta/meta"))
 }

@@ -1,12 +1,10 @@
 package posture
 
 import (
-	"go/parser"
-	"go/token"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/wormhole-fs/wormhole/internal/importcheck"
 )
 
 // Facts of each situation: 3 copies declared, 4 nodes known.
@@ -190,26 +188,4 @@ func TestBytesText(t *testing.T) {
 
 // TestImportsStandardLibraryOnly keeps posture pure: no Wormhole package,
 // nothing outside the standard library.
-func TestImportsStandardLibraryOnly(t *testing.T) {
-	files, err := os.ReadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	for _, f := range files {
-		name := f.Name()
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		af, err := parser.ParseFile(fset, name, nil, parser.ImportsOnly)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, imp := range af.Imports {
-			path, _ := strconv.Unquote(imp.Path.Value)
-			if first, _, _ := strings.Cut(path, "/"); strings.Contains(first, ".") {
-				t.Errorf("%s imports %s", name, path)
-			}
-		}
-	}
-}
+func TestImportsStandardLibraryOnly(t *testing.T) { importcheck.Check(t, importcheck.StandardLibrary) }
