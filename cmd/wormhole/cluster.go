@@ -118,15 +118,14 @@ The data directory must be empty. Then start the node with 'wormhole serve'.`,
 }
 
 func newTokenCmd() *cobra.Command {
-	var configPath string
-	var o appliance.Overrides
+	var f adminFlags
 	var ttl time.Duration
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Make a join token for a new machine (asks the running node)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := appliance.LoadConfig(configPath, o)
+			cfg, err := f.load()
 			if err != nil {
 				return err
 			}
@@ -144,9 +143,7 @@ func newTokenCmd() *cobra.Command {
 			return nil
 		},
 	}
-	create.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
-	create.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
-	create.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	f.register(create)
 	create.Flags().DurationVar(&ttl, "ttl", appliance.DefaultTokenTTL, "how long the token is accepted")
 	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	cmd.AddCommand(create)
@@ -154,8 +151,7 @@ func newTokenCmd() *cobra.Command {
 }
 
 func newWhereCmd() *cobra.Command {
-	var configPath string
-	var o appliance.Overrides
+	var f adminFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "where PATH",
@@ -165,7 +161,7 @@ in the cluster's namespace, such as /projects/data.bin), and which nodes
 placement puts them on.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := appliance.LoadConfig(configPath, o)
+			cfg, err := f.load()
 			if err != nil {
 				return err
 			}
@@ -185,9 +181,7 @@ placement puts them on.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
-	cmd.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
-	cmd.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	f.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	return cmd
 }
@@ -216,8 +210,7 @@ func printWhere(out io.Writer, w appliance.Where) {
 }
 
 func newRedundancyCmd() *cobra.Command {
-	var configPath string
-	var o appliance.Overrides
+	var f adminFlags
 	set := &cobra.Command{
 		Use:   "set PATH COPIES",
 		Short: "Keep COPIES copies of the chunks of PATH and everything below it",
@@ -227,7 +220,7 @@ keep the copies they have until they are rewritten: re-replicating them is
 the repair worker's job, which is not built yet.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := appliance.LoadConfig(configPath, o)
+			cfg, err := f.load()
 			if err != nil {
 				return err
 			}
@@ -245,9 +238,7 @@ the repair worker's job, which is not built yet.`,
 			return nil
 		},
 	}
-	set.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
-	set.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
-	set.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	f.register(set)
 	cmd := &cobra.Command{Use: "redundancy", Short: "Per-directory redundancy"}
 	cmd.AddCommand(set)
 	return cmd

@@ -18,8 +18,7 @@ import (
 )
 
 func newStatusCmd() *cobra.Command {
-	var configPath string
-	var o appliance.Overrides
+	var f adminFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -28,7 +27,7 @@ func newStatusCmd() *cobra.Command {
 the token come from the same config file and data dir the node runs with.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := appliance.LoadConfig(configPath, o)
+			cfg, err := f.load()
 			if err != nil {
 				return err
 			}
@@ -44,9 +43,7 @@ the token come from the same config file and data dir the node runs with.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", "", "the node's configuration file")
-	cmd.Flags().StringVar(&o.DataDir, "data-dir", "", "the node's data directory (holds admin.token)")
-	cmd.Flags().StringVar(&o.AdminAddr, "admin-addr", "", "the node's admin API address")
+	f.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	return cmd
 }
