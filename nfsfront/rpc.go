@@ -115,6 +115,12 @@ func parseCall(rec []byte) (rpcCallHeader, error) {
 	if d.err != nil {
 		return h, fmt.Errorf("rpc call auth: %w: %w", errBadCred, d.err)
 	}
+	if flavor != authNone && flavor != authSys {
+		// RPCSEC_GSS, AUTH_DH, ...: refused rather than served as the
+		// anonymous user, which a client asking for Kerberos does not
+		// expect (and would not notice).
+		return h, fmt.Errorf("auth flavor %d (only AUTH_NONE and AUTH_SYS are served): %w", flavor, errBadCred)
+	}
 	h.cred = creds{uid: anonymousID, gid: anonymousID, anon: true}
 	if flavor == authSys {
 		ad := xdrDecoder{b: body}
