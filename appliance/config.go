@@ -90,6 +90,8 @@ type ExportConfig struct {
 	Squash string `koanf:"squash" validate:"omitempty,oneof=root none all"`
 	// AnonUID and AnonGID are what squashed callers become.
 	AnonUID uint32 `koanf:"anon_uid"`
+	// Secure admits only requests from client ports below 1024.
+	Secure bool `koanf:"secure"`
 	AnonGID uint32 `koanf:"anon_gid"`
 }
 
@@ -104,7 +106,7 @@ func (c NFSConfig) nfsExports() ([]nfsfront.Export, error) {
 		if err != nil {
 			return nil, fmt.Errorf("nfs.exports[%d].squash: %w", i, err)
 		}
-		e := nfsfront.Export{Path: x.Path, ReadOnly: x.ReadOnly, Squash: squash, AnonUID: x.AnonUID, AnonGID: x.AnonGID}
+		e := nfsfront.Export{Path: x.Path, ReadOnly: x.ReadOnly, Squash: squash, AnonUID: x.AnonUID, AnonGID: x.AnonGID, Secure: x.Secure}
 		for j, cl := range x.Clients {
 			p, err := parseClient(cl)
 			if err != nil {

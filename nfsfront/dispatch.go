@@ -141,6 +141,18 @@ func addrString(a net.Addr) string {
 }
 
 // hostOf is the IP of an address, or nil.
+// portOf returns the port of a TCP or UDP address, or 65536 (never a
+// privileged port) for anything else.
+func portOf(a net.Addr) int {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.Port
+	case *net.UDPAddr:
+		return a.Port
+	}
+	return 1 << 16
+}
+
 func hostOf(a net.Addr) net.IP {
 	switch a := a.(type) {
 	case *net.TCPAddr:

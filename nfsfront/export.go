@@ -48,6 +48,11 @@ type Export struct {
 	// Squash maps callers to AnonUID and AnonGID.
 	Squash           Squash
 	AnonUID, AnonGID uint32
+	// Secure admits only requests from ports below 1024, which only root
+	// can bind on the client (knfsd's "secure"): an ordinary user of an
+	// admitted machine cannot forge AUTH_SYS credentials with a tool of
+	// their own. Off by default: libnfs clients use ordinary ports.
+	Secure bool
 }
 
 // LoopbackExport admits this machine only, without squashing root: a
@@ -72,9 +77,12 @@ func (x Export) Validate() error {
 	return nil
 }
 
-// admits reports whether the export admits ip.
-func (x Export) admits(ip net.IP) bool {
-	addr, ok := netip.AddrFromSlice(ip)
+// admits reports whether the export admits a caller at remote.
+func (x Export) admits(remote net.Addr) bool {
+	if x.Secure && portOf(remote) >= 1024 {
+		return false
+	}
+	addr, ok := netip.AddrFromSlice(hostOf(remote))
 	if !ok {
 		return false
 	}
@@ -87,10 +95,11 @@ func (x Export) admits(ip net.IP) bool {
 	return false
 }
 
-// exportFor returns the index of the first export admitting ip, or false.
-func (s *Server) exportFor(ip net.IP) (uint8, bool) {
+// exportFor returns the index of the first export admitting a caller at
+// remote, or false.
+func (s *Server) exportFor(remote net.Addr) (uint8, bool) {
 	for i, x := range s.cfg.Exports {
-		if x.admits(ip) {
+		if x.admits(remote) {
 			return uint8(i), true
 		}
 	}
@@ -114,7 +123,7 @@ func (s *Server) callerCreds(cl call) creds {
 		return c
 	}
 	c.export = hd.Export
-	if idx, ok := s.exportFor(hostOf(cl.remote)); !ok || idx != hd.Export {
+	if idx, ok := s.exportFor(cl.remote); !ok || idx != hd.Export {
 		c.denied = true
 		return c
 	}

@@ -241,3 +241,45 @@ func TestOnlyOwnerSetsExplicitTimes(t *testing.T) {
 		t.Fatalf("non-owner setting an explicit mtime: status %d, want NFS3ERR_PERM", got)
 	}
 }
+
+// TestSecureExport: a secure export admits callers from ports below 1024
+// only, and the next export rule then applies to the others.
+func TestSecureExport(t *testing.T) {
+	lan := netip.MustParsePrefix("10.0.0.0/8")
+	secure := Export{Path: "/", Clients: []netip.Prefix{lan}, Secure: true}
+	open := Export{Path: "/", Clients: []netip.Prefix{lan}}
+	for _, c := range []struct {
+		x    Export
+		port int
+		want bool
+	}{
+		{secure, 800, true},
+		{secure, 1023, true},
+		{secure, 1024, false},
+		{secure, 40000, false},
+		{open, 40000, true},
+	} {
+		tcp := &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: c.port}
+		udp := &net.UDPAddr{IP: net.IPv4(10, 1, 2, 3), Port: c.port}
+		if got := c.x.admits(tcp); got != c.want {
+			t.Errorf("secure=%v, TCP port %d: admitted %v, want %v", c.x.Secure, c.port, got, c.want)
+		}
+		if got := c.x.admits(udp); got != c.want {
+			t.Errorf("secure=%v, UDP port %d: admitted %v, want %v", c.x.Secure, c.port, got, c.want)
+		}
+	}
+	// A mount from an unprivileged port of a machine only the secure rule
+	// admits is refused.
+	cfg := DefaultConfig()
+	cfg.Exports = []Export{secure}
+	s, err := New(cfg, rootOnlyNS{}, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.exportFor(&net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 50000}); ok {
+		t.Error("unprivileged port admitted by a secure export")
+	}
+	if _, ok := s.exportFor(&net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 700}); !ok {
+		t.Error("privileged port refused by a secure export")
+	}
+}

@@ -82,7 +82,7 @@ func (s *Server) mountMnt(ctx context.Context, c call, d *xdrDecoder, e *xdrEnco
 	var fh []byte
 	err := checkExport(dir)
 	if err == nil {
-		idx, ok := s.exportFor(hostOf(c.remote))
+		idx, ok := s.exportFor(c.remote)
 		if !ok {
 			err = fmt.Errorf("client %s is in no export's client list: %w", addrString(c.remote), errAccess)
 		} else {
