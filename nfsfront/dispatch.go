@@ -12,6 +12,7 @@ const (
 	svcNFS services = 1 << iota
 	svcMount
 	svcPortmap
+	svcLock // NLM and NSM, when Config.Locks is set
 )
 
 // The NFS version served, and its highest procedure (COMMIT, RFC 1813).
@@ -27,6 +28,7 @@ type endpoints struct {
 	nfsPort     int    // NFS and MOUNT, TCP and UDP
 	portmapIP   net.IP // the portmapper's own listener (or the NFS one)
 	portmapPort int
+	locks       bool // NLM and NSM are served on the NFS port
 }
 
 // origin is where a call came from: the socket's services and transport,
@@ -94,6 +96,8 @@ func (s *Server) dispatch(ctx context.Context, rec []byte, o origin) (reply []by
 		return s.serveProgram(ctx, &mountProgram, call{h, o}), false
 	case h.prog == progPortmap && o.svc&svcPortmap != 0:
 		return s.serveProgram(ctx, &portmapProgram, call{h, o}), false
+	case (h.prog == progNLM || h.prog == progNSM) && o.svc&svcLock != 0:
+		return s.serveLocks(ctx, call{h, o}), false
 	}
 	return acceptedReply(h.xid, acceptProgUnavail), false
 }

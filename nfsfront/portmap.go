@@ -108,6 +108,10 @@ func (ep *endpoints) registrations() []registration {
 	add(progPortmap, pmapVersLow, pmapVersHigh, true, ep.portmapPort, ep.portmapIP)
 	add(progNFS, nfsVers, nfsVers, false, ep.nfsPort, ep.nfsIP)
 	add(progMount, mountVersLow, mountVersHigh, true, ep.nfsPort, ep.nfsIP)
+	if ep.locks {
+		add(progNLM, nlmVers, nlmVers, true, ep.nfsPort, ep.nfsIP)
+		add(progNSM, nsmVers, nsmVers, true, ep.nfsPort, ep.nfsIP)
+	}
 	return regs
 }
 

@@ -65,6 +65,10 @@ type Config struct {
 	// Gate, when set, decides which NFSv3 calls may run under the
 	// cluster's current posture (see Gate); nil allows everything.
 	Gate Gate
+	// Locks, when set, holds the locks NLM grants: the front then serves
+	// NLM v4 and NSM on the NFS port, so clients may mount without
+	// `nolock`. A cluster needs one table shared by every node.
+	Locks LockTable
 }
 
 // DefaultConfig returns the defaults: a loopback-only export.
@@ -107,6 +111,7 @@ type Server struct {
 	verifier [8]byte
 
 	mounts mountTable
+	nsm    nsmState
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
@@ -145,6 +150,7 @@ func (s *Server) Serve(ctx context.Context, ls *Listeners) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ep := ls.endpoints()
+	ep.locks = s.cfg.Locks != nil
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	var errs []error
@@ -158,8 +164,8 @@ func (s *Server) Serve(ctx context.Context, ls *Listeners) error {
 			}
 		})
 	}
-	run(func() error { return s.serveTCP(ctx, ls.tcp, svcNFS|svcMount|svcPortmap, ep) })
-	run(func() error { return s.serveUDP(ctx, ls.udp, svcMount|svcPortmap, ep) })
+	run(func() error { return s.serveTCP(ctx, ls.tcp, svcNFS|svcMount|svcPortmap|svcLock, ep) })
+	run(func() error { return s.serveUDP(ctx, ls.udp, svcMount|svcPortmap|svcLock, ep) })
 	if ls.portmapTCP != nil {
 		run(func() error { return s.serveTCP(ctx, ls.portmapTCP, svcPortmap, ep) })
 		run(func() error { return s.serveUDP(ctx, ls.portmapUDP, svcPortmap, ep) })
