@@ -198,7 +198,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	if n.gate != nil {
 		gate = n.gate
 	}
-	n.nfs, err = nfsfront.New(nfsfront.Config{Gate: gate,
+	n.nfs, err = nfsfront.New(nfsfront.Config{Gate: gate, Locks: etcdLocks{ns},
 		OpTimeout: cfg.NFS.OpTimeout, MaxRecord: nfsfront.DefaultConfig().MaxRecord, Exports: exports,
 		MaxConns: cfg.NFS.MaxConnections, MaxConnsPerClient: cfg.NFS.MaxConnectionsPerClient, IdleTimeout: cfg.NFS.IdleTimeout,
 	}, ns, dataPath{files, usage, n.gate}, secret, log.With().Str("component", "nfs").Logger())
