@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./cluster -run '^$$' -fuzz FuzzMetaDecode -fuzztime $(FUZZTIME)
 	$(GO) test ./cluster/pki -run '^$$' -fuzz FuzzParseToken -fuzztime $(FUZZTIME)
 	$(GO) test ./chunker/peer -run '^$$' -fuzz FuzzDecodeList -fuzztime $(FUZZTIME)
+	$(GO) test ./nfsfront -run '^$$' -fuzz FuzzNLM -fuzztime $(FUZZTIME)
 
 # Debian packages the tests need (root).
 deps:
@@ -53,7 +54,7 @@ clean:
 # installs the Debian packages the comparison needs when they are missing
 # (root): nfs-ganesha and its VFS FSAL (the reference server) and rpcbind
 # (which ganesha registers with).
-.PHONY: bench-deps bench-compare bench-cluster
+.PHONY: bench-deps bench-compare bench-cluster bench-repair
 BENCH_DEPS := nfs-ganesha nfs-ganesha-vfs rpcbind
 
 bench-deps:
@@ -72,3 +73,10 @@ bench-compare: bench-deps build
 # packages (e.g. BENCH_ARGS='--size 1GiB --copies 2 --rounds 3').
 bench-cluster: build
 	$(GO) run ./tests/bench/cmd/cluster --wormhole bin/wormhole $(BENCH_ARGS)
+
+# A 4-node cluster (copies 2) on loopback addresses: kill -9 a node holding
+# 1 GiB of chunks, time detection, full redundancy and repair throughput,
+# then join a fifth node and time the rebalance; needs 8 GiB free under
+# /tmp (e.g. BENCH_ARGS='--lose 2GiB --repair-bandwidth 64MiB').
+bench-repair: build
+	$(GO) run ./tests/bench/cmd/cluster --wormhole bin/wormhole --repair $(BENCH_ARGS)

@@ -26,9 +26,15 @@
 // children are also killed if cluster itself dies (PR_SET_PDEATHSIG).
 // Progress goes to stderr, results to stdout.
 //
-// Usage (from the repository root; make bench-cluster does this):
+// With --repair it measures instead how fast a 4-node cluster restores
+// redundancy after losing a node and rebalances onto a new one (see
+// repair.go).
+//
+// Usage (from the repository root; make bench-cluster and make
+// bench-repair do this):
 //
 //	go run ./tests/bench/cmd/cluster --wormhole bin/wormhole [--size 256MiB] [--copies 1,2,3] [--rounds 1]
+//	go run ./tests/bench/cmd/cluster --wormhole bin/wormhole --repair [--lose 1GiB] [--repair-bandwidth 256MiB]
 package main
 
 import (
@@ -58,6 +64,7 @@ import (
 	"github.com/wormhole-fs/wormhole/tests/bench"
 )
 
+// nodes is the size of the cluster measured without --repair.
 const nodes = 3
 
 // Ports every node uses on its own address (the defaults): NFS, etcd
@@ -81,10 +88,18 @@ func main() {
 	copies := flag.String("copies", "1,2,3", "redundancy values to measure, comma-separated (1 to 3)")
 	flag.IntVar(&c.rounds, "rounds", 1, "runs per redundancy value, on the same cluster; the best is reported")
 	flag.StringVar(&c.workDir, "workdir", os.TempDir(), "parent of the temporary directories holding all data")
+	repairMode := flag.Bool("repair", false, "measure repair after losing a node and rebalancing onto a new one instead (4 nodes, copies 2)")
+	lose := flag.String("lose", "1GiB", "with --repair: chunk bytes the killed node holds")
+	bandwidth := flag.String("repair-bandwidth", "256MiB", "with --repair: the nodes' repair.bandwidth, bytes per second")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := c.parse(*size, *copies)
-	if err == nil {
+	var err error
+	if *repairMode {
+		var rc repairConfig
+		if rc, err = parseRepair(c, *lose, *bandwidth); err == nil {
+			err = runRepair(ctx, rc)
+		}
+	} else if err = c.parse(*size, *copies); err == nil {
 		err = run(ctx, c)
 	}
 	stop()
@@ -126,7 +141,7 @@ func (c *config) parse(size, copies string) error {
 type result struct {
 	copies int
 	runs   []bench.Results
-	chunks [][nodes]int64 // per round, per node
+	chunks [][]int64 // per round, per node
 }
 
 func run(ctx context.Context, c config) error {
@@ -155,7 +170,7 @@ func run(ctx context.Context, c config) error {
 // step taken.
 func measure(ctx context.Context, c config, whBin string, copies int) (res result, err error) {
 	res.copies = copies
-	ips, err := freeAddrs()
+	ips, err := freeAddrs(nodes)
 	if err != nil {
 		return res, err
 	}
@@ -172,7 +187,7 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 
 	procs := &children{}
 	defer procs.stopAll()
-	cl, err := startCluster(ctx, procs, whBin, tmp, ips, copies)
+	cl, err := startCluster(ctx, procs, whBin, tmp, ips, copies, "")
 	if err != nil {
 		return res, err
 	}
@@ -211,7 +226,7 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 		if err != nil {
 			return res, err
 		}
-		var added [nodes]int64
+		added := make([]int64, len(after))
 		for i := range added {
 			added[i] = after[i] - before[i]
 		}
@@ -229,59 +244,102 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 	return res, nil
 }
 
-// testCluster is a running cluster: node i has address ips[i] and data
-// dir dirs[i].
+// testCluster is a running cluster: node i (named n<i+1>) has address
+// ips[i], data dir dirs[i], configuration confs[i] and process nodes[i].
 type testCluster struct {
-	ips   []string
-	dirs  []string
-	confs []string
+	whBin  string
+	tmp    string
+	copies int
+	extra  string // appended to every node's configuration
+	token  string // join token from init
+	ips    []string
+	dirs   []string
+	confs  []string
+	nodes  []*child
 }
 
-func (cl testCluster) nfsAddr(i int) string {
+func (cl *testCluster) nfsAddr(i int) string {
 	return net.JoinHostPort(cl.ips[i], strconv.Itoa(nfsPort))
 }
 
 // chunkBytes sums the sizes of the files under each node's chunks dir.
-func (cl testCluster) chunkBytes() ([nodes]int64, error) {
-	var out [nodes]int64
+func (cl *testCluster) chunkBytes() ([]int64, error) {
+	out := make([]int64, len(cl.dirs))
 	for i, d := range cl.dirs {
-		err := filepath.WalkDir(filepath.Join(d, "chunks"), func(_ string, e fs.DirEntry, err error) error {
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil // removed while walking (a temporary file)
-				}
-				return err
-			}
-			if !e.Type().IsRegular() {
-				return nil
-			}
-			info, err := e.Info()
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
-				return err
-			}
-			out[i] += info.Size()
-			return nil
-		})
-		if err != nil {
+		var err error
+		if out[i], err = dirBytes(filepath.Join(d, "chunks")); err != nil {
 			return out, fmt.Errorf("count chunks of n%d: %w", i+1, err)
 		}
 	}
 	return out, nil
 }
 
-// startCluster writes the nodes' configurations, makes the cluster with
-// init and join, starts the nodes and waits until each sees all three.
-func startCluster(ctx context.Context, procs *children, whBin, tmp string, ips []string, copies int) (testCluster, error) {
-	cl := testCluster{ips: ips}
-	var confs []string
-	for i, ip := range ips {
-		id := fmt.Sprintf("n%d", i+1)
-		dir := filepath.Join(tmp, "d"+strconv.Itoa(i+1))
-		cl.dirs = append(cl.dirs, dir)
-		conf := fmt.Sprintf(`# Generated by tests/bench/cmd/cluster.
+// dirBytes sums the sizes of the regular files under dir; a missing dir
+// holds none.
+func dirBytes(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while walking (a temporary file)
+			}
+			return err
+		}
+		if !e.Type().IsRegular() {
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		n += info.Size()
+		return nil
+	})
+	return n, err
+}
+
+// startCluster writes the nodes' configurations (each with extra
+// appended), makes the cluster with init and join, starts the nodes and
+// waits until each sees all of them alive.
+func startCluster(ctx context.Context, procs *children, whBin, tmp string, ips []string, copies int, extra string) (*testCluster, error) {
+	cl := &testCluster{whBin: whBin, tmp: tmp, copies: copies, extra: extra}
+	for _, ip := range ips {
+		if err := cl.configure(ip); err != nil {
+			return cl, err
+		}
+	}
+	out, err := command(ctx, whBin, "init", "--config", cl.confs[0])
+	if err != nil {
+		return cl, fmt.Errorf("wormhole init: %w", err)
+	}
+	for l := range strings.Lines(out) {
+		if t := strings.TrimSpace(l); strings.HasPrefix(t, "whj1") {
+			cl.token = t
+		}
+	}
+	if cl.token == "" {
+		return cl, fmt.Errorf("wormhole init printed no join token:\n%s", out)
+	}
+	for i := range ips {
+		if err := cl.start(ctx, procs, i); err != nil {
+			return cl, err
+		}
+	}
+	return cl, waitMembers(ctx, procs, whBin, cl.confs, len(cl.confs), 90*time.Second)
+}
+
+// configure writes the configuration of a new node on ip, numbered after
+// the others.
+func (cl *testCluster) configure(ip string) error {
+	i := len(cl.confs)
+	id := fmt.Sprintf("n%d", i+1)
+	dir := filepath.Join(cl.tmp, "d"+strconv.Itoa(i+1))
+	cl.ips = append(cl.ips, ip)
+	cl.dirs = append(cl.dirs, dir)
+	conf := fmt.Sprintf(`# Generated by tests/bench/cmd/cluster.
 cluster_id: bench
 data_dir: %q
 nfs: { addr: %q }
@@ -289,46 +347,32 @@ admin: { addr: %q }
 node: { id: %s, advertise: %s }
 redundancy: { copies: %d }
 log: { level: warn }
-`, dir, cl.nfsAddr(i), net.JoinHostPort(ip, strconv.Itoa(adminPort)), id, ip, copies)
-		path := filepath.Join(tmp, id+".yaml")
-		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			return cl, err
-		}
-		confs = append(confs, path)
-	}
-	cl.confs = confs
+`, dir, cl.nfsAddr(i), net.JoinHostPort(ip, strconv.Itoa(adminPort)), id, ip, cl.copies) + cl.extra
+	path := filepath.Join(cl.tmp, id+".yaml")
+	cl.confs = append(cl.confs, path)
+	return os.WriteFile(path, []byte(conf), 0o600)
+}
 
-	out, err := command(ctx, whBin, "init", "--config", confs[0])
+// start joins node i through the first node (unless it is the first),
+// starts it and waits until it answers NFS.
+func (cl *testCluster) start(ctx context.Context, procs *children, i int) error {
+	if i > 0 {
+		seed := net.JoinHostPort(cl.ips[0], strconv.Itoa(joinPort))
+		if _, err := command(ctx, cl.whBin, "join", seed, "--token", cl.token, "--config", cl.confs[i]); err != nil {
+			return fmt.Errorf("wormhole join (n%d): %w", i+1, err)
+		}
+	}
+	name := fmt.Sprintf("n%d", i+1)
+	p, err := procs.start(name, filepath.Join(cl.tmp, name+".log"), cl.whBin, "serve", "--config", cl.confs[i])
 	if err != nil {
-		return cl, fmt.Errorf("wormhole init: %w", err)
+		return err
 	}
-	token := ""
-	for l := range strings.Lines(out) {
-		if t := strings.TrimSpace(l); strings.HasPrefix(t, "whj1") {
-			token = t
-		}
+	cl.nodes = append(cl.nodes, p)
+	if err := waitNFS(ctx, p, cl.nfsAddr(i), 60*time.Second); err != nil {
+		return err
 	}
-	if token == "" {
-		return cl, fmt.Errorf("wormhole init printed no join token:\n%s", out)
-	}
-	seed := net.JoinHostPort(ips[0], strconv.Itoa(joinPort))
-	for i := range ips {
-		if i > 0 {
-			if _, err := command(ctx, whBin, "join", seed, "--token", token, "--config", confs[i]); err != nil {
-				return cl, fmt.Errorf("wormhole join (n%d): %w", i+1, err)
-			}
-		}
-		name := fmt.Sprintf("n%d", i+1)
-		p, err := procs.start(name, filepath.Join(tmp, name+".log"), whBin, "serve", "--config", confs[i])
-		if err != nil {
-			return cl, err
-		}
-		if err := waitNFS(ctx, p, cl.nfsAddr(i), 60*time.Second); err != nil {
-			return cl, err
-		}
-		progress("%s serving NFS on %s", name, cl.nfsAddr(i))
-	}
-	return cl, waitMembers(ctx, procs, whBin, confs, 90*time.Second)
+	progress("%s serving NFS on %s", name, cl.nfsAddr(i))
+	return nil
 }
 
 // command runs the wormhole binary to completion (one minute at most) and
@@ -400,13 +444,14 @@ func ping(addr string, timeout time.Duration) error {
 	return nil
 }
 
-// waitMembers polls every node's status until each lists all nodes alive.
-func waitMembers(ctx context.Context, procs *children, whBin string, confs []string, limit time.Duration) error {
+// waitMembers polls the status of each node whose configuration is given
+// until each lists want nodes alive.
+func waitMembers(ctx context.Context, procs *children, whBin string, confs []string, want int, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	start := time.Now()
 	for i := 0; i < len(confs); {
 		alive, err := aliveNodes(ctx, whBin, confs[i])
-		if err == nil && len(alive) == nodes {
+		if err == nil && len(alive) == want {
 			i++
 			continue
 		}
@@ -414,14 +459,10 @@ func waitMembers(ctx context.Context, procs *children, whBin string, confs []str
 			if err == nil {
 				err = fmt.Errorf("alive: %v", alive)
 			}
-			return fmt.Errorf("n%d does not see %d alive nodes after %v (%v)", i+1, nodes, limit, err)
+			return fmt.Errorf("n%d does not see %d alive nodes after %v (%v)", i+1, want, limit, err)
 		}
-		for _, p := range procs.list {
-			select {
-			case <-p.done:
-				return fmt.Errorf("%s exited (%v):\n%s", p.name, p.err, p.log.String())
-			default:
-			}
+		if err := procs.exited(); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -429,7 +470,7 @@ func waitMembers(ctx context.Context, procs *children, whBin string, confs []str
 		case <-time.After(250 * time.Millisecond): // poll interval
 		}
 	}
-	progress("all %d nodes alive in every node's view after %.1f s", nodes, time.Since(start).Seconds())
+	progress("all %d nodes alive in every node's view after %.1f s", want, time.Since(start).Seconds())
 	return nil
 }
 
@@ -438,6 +479,49 @@ type nodeState struct {
 	ID    string `json:"id"`
 	State string `json:"state"` // alive or dead
 	Etcd  string `json:"etcd"`  // voter, learner, client or external
+	// DownSince is when the asked node saw this one go down.
+	DownSince *time.Time `json:"down_since"`
+}
+
+// nodeStatus is the part of `wormhole status --json` cluster reads.
+type nodeStatus struct {
+	Situation string          `json:"situation"`
+	Nodes     []nodeState     `json:"nodes"`
+	Chunks    *chunkCensus    `json:"chunks"`
+	Repair    *repairProgress `json:"repair"`
+}
+
+// chunkCensus counts the cluster's chunks by copies held against copies
+// wanted (appliance.ChunkCensus).
+type chunkCensus struct {
+	Chunks  int       `json:"chunks"`
+	Below   int       `json:"below"`
+	On      int       `json:"on"`
+	Above   int       `json:"above"`
+	Missing int       `json:"missing"`
+	Partial []string  `json:"partial"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error"`
+}
+
+// repairProgress is the repair leader's record of its current or last
+// pass (chunker/repair.Progress); its counts are the pass's own.
+type repairProgress struct {
+	Leader      string    `json:"leader"`
+	Running     bool      `json:"running"`
+	Pass        uint64    `json:"pass"`
+	Started     time.Time `json:"started"`
+	Finished    time.Time `json:"finished"`
+	ToCopy      int       `json:"to_copy"`
+	Copied      int       `json:"copied"`
+	ToDelete    int       `json:"to_delete"`
+	Deleted     int       `json:"deleted"`
+	Failed      int       `json:"failed"`
+	BytesCopied int64     `json:"bytes_copied"`
+	Deferred    int       `json:"deferred"`
+	Unavailable int       `json:"unavailable"`
+	Partial     []string  `json:"partial"`
+	LastError   string    `json:"last_error"`
 }
 
 // aliveNodes asks a node (through `wormhole status --json`) which nodes
@@ -455,19 +539,23 @@ func aliveNodes(ctx context.Context, whBin, conf string) ([]string, error) {
 
 // nodeStates asks a node for its status and returns the nodes it lists.
 func nodeStates(ctx context.Context, whBin, conf string) ([]nodeState, error) {
+	st, err := status(ctx, whBin, conf)
+	return st.Nodes, err
+}
+
+// status asks a node for its status.
+func status(ctx context.Context, whBin, conf string) (nodeStatus, error) {
+	var st nodeStatus
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	out, err := command(ctx, whBin, "status", "--config", conf, "--json")
 	if err != nil {
-		return nil, err
-	}
-	var st struct {
-		Nodes []nodeState `json:"nodes"`
+		return st, err
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		return nil, fmt.Errorf("status of %s: %w", conf, err)
+		return st, fmt.Errorf("status of %s: %w", conf, err)
 	}
-	return st.Nodes, nil
+	return st, nil
 }
 
 // roles describes the nodes' etcd roles as the first node sees them.
@@ -483,13 +571,13 @@ func roles(ctx context.Context, whBin, conf string) string {
 	return strings.Join(parts, ", ")
 }
 
-// freeAddrs returns the first triple of loopback addresses, from
-// 127.0.0.51-53 on in steps of ten, on which every port is free.
-func freeAddrs() ([]string, error) {
-	for base := 51; base+nodes-1 <= 254; base += 10 {
+// freeAddrs returns the first n consecutive loopback addresses, from
+// 127.0.0.51 on in steps of ten, on which every port is free.
+func freeAddrs(n int) ([]string, error) {
+	for base := 51; base+n-1 <= 254; base += 10 {
 		var ips []string
 		ok := true
-		for i := range nodes {
+		for i := range n {
 			ip := "127.0.0." + strconv.Itoa(base+i)
 			if err := portsFree(ip); err != nil {
 				progress("%v; trying other addresses", err)
@@ -502,7 +590,7 @@ func freeAddrs() ([]string, error) {
 			return ips, nil
 		}
 	}
-	return nil, errors.New("no three loopback addresses 127.0.0.x with the ports free")
+	return nil, fmt.Errorf("no %d loopback addresses 127.0.0.x with the ports free", n)
 }
 
 // portsFree binds every port a node needs on ip, then releases them.
@@ -525,6 +613,16 @@ func portsFree(ip string) error {
 }
 
 func printHeader(whBin string, c config) {
+	fmt.Printf("%s\n", machineFacts(whBin, c.workDir))
+	fmt.Printf("3-node cluster on this machine (loopback addresses): all nodes share its CPUs and one disk, so every copy\n")
+	fmt.Printf("lands on the same disk; the figures are a lower bound for real clusters (whose network is slower than loopback).\n")
+	fmt.Printf("client: tests/bench against n1, 1 stream, FILE_SYNC writes in 1 MiB requests, file of %s; %d round(s) per value, best shown\n\n",
+		mib(c.size), c.rounds)
+}
+
+// machineFacts describes the binary and this machine: version, CPUs, RAM
+// and the file system holding workDir.
+func machineFacts(whBin, workDir string) string {
 	ver := "unknown"
 	if out, err := exec.Command(whBin, "version").Output(); err == nil {
 		ver, _, _ = strings.Cut(strings.TrimSpace(string(out)), "\n")
@@ -547,14 +645,10 @@ func printHeader(whBin string, c config) {
 	}
 	fsType := "?"
 	var st syscall.Statfs_t
-	if syscall.Statfs(c.workDir, &st) == nil {
+	if syscall.Statfs(workDir, &st) == nil {
 		fsType = fmt.Sprintf("%#x", st.Type)
 	}
-	fmt.Printf("wormhole %s; %d CPUs (%s); %s RAM; data under %s (statfs type %s)\n", ver, runtime.NumCPU(), cpu, mem, c.workDir, fsType)
-	fmt.Printf("3-node cluster on this machine (loopback addresses): all nodes share its CPUs and one disk, so every copy\n")
-	fmt.Printf("lands on the same disk; the figures are a lower bound for real clusters (whose network is slower than loopback).\n")
-	fmt.Printf("client: tests/bench against n1, 1 stream, FILE_SYNC writes in 1 MiB requests, file of %s; %d round(s) per value, best shown\n\n",
-		mib(c.size), c.rounds)
+	return fmt.Sprintf("wormhole %s; %d CPUs (%s); %s RAM; data under %s (statfs type %s)", ver, runtime.NumCPU(), cpu, mem, workDir, fsType)
 }
 
 // table renders the best round of each redundancy value, the chunk bytes
@@ -594,7 +688,7 @@ func bestRun(runs []bench.Results, w string) (bench.Figure, int) {
 	return best, idx
 }
 
-func sum(v [nodes]int64) int64 {
+func sum(v []int64) int64 {
 	var s int64
 	for _, x := range v {
 		s += x
@@ -627,6 +721,9 @@ type child struct {
 	done chan struct{}
 	err  error
 	log  *tailBuffer
+	// killed is set when cluster killed it on purpose: its exit is no
+	// failure.
+	killed bool
 }
 
 // children are the processes to stop.
@@ -665,6 +762,22 @@ func (cs *children) start(name, logPath, bin string, args ...string) (*child, er
 	}()
 	progress("started %s (pid %d)", name, c.cmd.Process.Pid)
 	return c, nil
+}
+
+// exited returns an error naming the first child that exited although
+// it was not killed on purpose, with its log; nil if none did.
+func (cs *children) exited() error {
+	for _, p := range cs.list {
+		if p.killed {
+			continue
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited (%v):\n%s", p.name, p.err, p.log.String())
+		default:
+		}
+	}
+	return nil
 }
 
 // stopAll sends SIGTERM to every child at once (a node stopping alone
