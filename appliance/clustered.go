@@ -210,6 +210,22 @@ func (n *Node) startCluster(ctx context.Context) error {
 	self := hostPort(c.adv, n.cfg.Cluster.GossipPort)
 	seeds = slices.DeleteFunc(seeds, func(s string) bool { return s == self })
 
+	rec := etcdmeta.NodeRecord{
+		ID: c.st.NodeID, Advertise: c.adv, NFSAddr: n.lis.Addr().String(), Gossip: self,
+		Data: c.peerLis.Addr().String(), Join: c.joinLis.Addr().String(), Etcd: c.st.Role,
+		Zone: n.cfg.Node.Zone, Tier: n.cfg.Node.Tier, Version: n.cfg.Version,
+	}
+	for _, r := range recs {
+		if r.ID == rec.ID {
+			rec.Draining = r.Draining // a drain goes on across restarts
+		}
+	}
+	// Recorded before gossip starts, so that when the others hear of
+	// this node (and the repair worker moves chunks onto it) its record
+	// is there.
+	if err := n.ns.PutNode(ctx, rec); err != nil {
+		return fmt.Errorf("record this node: %w", err)
+	}
 	mcfg := cluster.DefaultConfig()
 	mcfg.NodeID = c.st.NodeID
 	mcfg.BindAddr = self
@@ -237,19 +253,6 @@ func (n *Node) startCluster(ctx context.Context) error {
 	}
 	n.closers = append(n.closers, c.members.Close)
 
-	rec := etcdmeta.NodeRecord{
-		ID: c.st.NodeID, Advertise: c.adv, NFSAddr: n.lis.Addr().String(), Gossip: self,
-		Data: c.peerLis.Addr().String(), Join: c.joinLis.Addr().String(), Etcd: c.st.Role,
-		Zone: n.cfg.Node.Zone, Tier: n.cfg.Node.Tier, Version: n.cfg.Version,
-	}
-	for _, r := range recs {
-		if r.ID == rec.ID {
-			rec.Draining = r.Draining // a drain goes on across restarts
-		}
-	}
-	if err := n.ns.PutNode(ctx, rec); err != nil {
-		return fmt.Errorf("record this node: %w", err)
-	}
 	if err := n.refreshView(ctx); err != nil {
 		return fmt.Errorf("cluster nodes: %w", err)
 	}

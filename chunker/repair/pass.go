@@ -204,6 +204,14 @@ func (w *Worker) runPass(ctx context.Context, lost func(error), f *fence) (passR
 		failed[name] = err
 	}
 	partial := census.Failed(failed)
+	for _, name := range partial {
+		// A node that did not list its chunks is no copy target this
+		// pass: it may be dying (gossip has not said so yet), or may hold
+		// the chunks already.
+		if i, ok := v.index[name]; ok {
+			v.eligible[i] = false
+		}
+	}
 	if len(partial) > 0 {
 		w.update(func(p *Progress) {
 			p.Partial = partial

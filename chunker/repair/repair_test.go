@@ -237,7 +237,8 @@ func TestCorruptSource(t *testing.T) {
 }
 
 // TestPartialInventory: when a node cannot list its chunks, copies go on but
-// nothing is deleted.
+// nothing is deleted, and none goes to that node (it may be dying, or hold
+// the chunk already).
 func TestPartialInventory(t *testing.T) {
 	e := newEnv(t)
 	net := newNet("n1", "n2", "n3", "n4")
@@ -256,6 +257,11 @@ func TestPartialInventory(t *testing.T) {
 	}
 	if d := net.opsOf("", "delete"); len(d) != 0 {
 		t.Fatalf("%d deletions with a partial inventory", len(d))
+	}
+	for _, o := range net.opsOf("", "put") {
+		if o.node == "n3" {
+			t.Fatalf("chunk %s copied to n3, whose list failed", o.id)
+		}
 	}
 }
 
