@@ -44,6 +44,14 @@ type censusCache struct {
 	last *ChunkCensus
 }
 
+// invalidate forgets the last census: nodes came or went, so the next
+// status or posture assessment counts afresh.
+func (c *censusCache) invalidate() {
+	c.mu.Lock()
+	c.last = nil
+	c.mu.Unlock()
+}
+
 // chunkCensus returns a census at most maxAge old.
 func (n *Node) chunkCensus(ctx context.Context, maxAge time.Duration) ChunkCensus {
 	c := &n.cl.census

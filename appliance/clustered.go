@@ -415,6 +415,9 @@ func (n *Node) watchMembership(ctx context.Context) {
 		if err := n.refreshView(ctx); err != nil && ctx.Err() == nil {
 			n.log.Debug().Err(err).Msg("refresh node records")
 		}
+		// The posture must follow a lost node within one assessment,
+		// not once the census is a minute old.
+		n.cl.census.invalidate()
 		n.kickRepair()
 	}
 }

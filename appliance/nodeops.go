@@ -20,8 +20,8 @@ type NodeChunks struct {
 	// Chunks is how many chunks the node holds (-1 when it is down).
 	Chunks int `json:"chunks"`
 	// Remaining is, while it drains, how many chunks files refer to that
-	// the node still holds, as the last repair pass begun since the drain
-	// counted (-1 before one). Chunks may stay above 0 with orphans no
+	// the node still holds, as counted by the last repair pass begun since
+	// the drain that has read every reference (-1 before one). Chunks may stay above 0 with orphans no
 	// file refers to.
 	Remaining int `json:"remaining"`
 }
@@ -68,7 +68,7 @@ func (n *Node) NodeChunks(ctx context.Context, id string) (NodeChunks, error) {
 			}
 		}
 	}
-	if p := n.repairProgress(ctx); nc.Draining && p != nil && p.Started.After(since) {
+	if p := n.repairProgress(ctx); nc.Draining && p != nil && p.Started.After(since) && p.Scanned {
 		nc.Remaining = p.DrainRemaining[id] // absent: nothing left
 	}
 	if !known {

@@ -320,6 +320,7 @@ func (w *Worker) plan(ctx context.Context, v *view, inv *census.Inventory, delet
 	w.update(func(p *Progress) {
 		p.ChunksChecked, p.Deferred, p.Unavailable = checked, deferred, unavailable
 		p.Failed += failedInodes
+		p.Scanned = err == nil
 		if len(drain) > 0 {
 			p.DrainRemaining = drain
 		}

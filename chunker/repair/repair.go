@@ -237,6 +237,11 @@ type Progress struct {
 	Partial []string `json:"partial,omitempty"`
 	// Truncated is true when more chunks needed work than MaxQueue.
 	Truncated bool `json:"truncated,omitempty"`
+	// Scanned is set once the pass has read every chunk reference: from
+	// then on ToCopy, ToDelete and DrainRemaining count the whole pass
+	// (before, a draining node absent from DrainRemaining only means it
+	// has not been counted yet).
+	Scanned bool `json:"scanned"`
 	// DrainRemaining is, per draining node, how many referenced chunks
 	// it still holds: the count of `wormhole drain`.
 	DrainRemaining map[string]int `json:"drain_remaining,omitempty"`

@@ -85,7 +85,7 @@ func adminCall(cmd *cobra.Command, cfg appliance.Config, method, path string) ([
 	if err != nil {
 		return nil, fmt.Errorf("%s from %s: %w", path, cfg.Admin.Addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 { // 204 No Content for actions
 		return nil, fmt.Errorf("%s: %s", cfg.Admin.Addr, strings.TrimSpace(string(raw)))
 	}
 	return raw, nil

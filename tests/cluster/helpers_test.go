@@ -58,6 +58,15 @@ type options struct {
 	nodes  int
 	voters int // etcd voters: 1, 3 or 5
 	copies int // redundancy.copies
+
+	// Self-healing settings; zero values keep the binary's defaults.
+	repairGrace    time.Duration // repair.grace
+	repairInterval time.Duration // repair.interval
+	repairRate     int64         // repair.bandwidth in bytes per second
+	scrubRate      int64         // scrub.rate in bytes per second
+	scrubDelay     time.Duration // scrub.delay
+	scrubInterval  time.Duration // scrub.interval
+	critical       string        // postures.critical
 }
 
 // cluster is a set of wormhole nodes, one per network namespace.
@@ -124,7 +133,42 @@ redundancy:
   when_short: degraded
 log:
   level: %s
-`, n.dir, n.host.Addr(nfsPort), cidr, n.id, n.host.IP, gossipPort, dataPort, joinPort, o.voters, o.copies, logLevel())
+`, n.dir, n.host.Addr(nfsPort), cidr, n.id, n.host.IP, gossipPort, dataPort, joinPort, o.voters, o.copies, logLevel()) +
+		healingConfig(o)
+}
+
+// healingConfig is the repair, scrub and postures sections for the
+// settings o gives, empty when it gives none.
+func healingConfig(o options) string {
+	var b strings.Builder
+	if o.repairGrace > 0 || o.repairInterval > 0 || o.repairRate > 0 {
+		b.WriteString("repair:\n")
+		if o.repairRate > 0 {
+			fmt.Fprintf(&b, "  bandwidth: %d\n", o.repairRate)
+		}
+		if o.repairGrace > 0 {
+			fmt.Fprintf(&b, "  grace: %s\n", o.repairGrace)
+		}
+		if o.repairInterval > 0 {
+			fmt.Fprintf(&b, "  interval: %s\n", o.repairInterval)
+		}
+	}
+	if o.scrubRate > 0 || o.scrubDelay > 0 || o.scrubInterval > 0 {
+		b.WriteString("scrub:\n")
+		if o.scrubRate > 0 {
+			fmt.Fprintf(&b, "  rate: %d\n", o.scrubRate)
+		}
+		if o.scrubDelay > 0 {
+			fmt.Fprintf(&b, "  delay: %s\n", o.scrubDelay)
+		}
+		if o.scrubInterval > 0 {
+			fmt.Fprintf(&b, "  interval: %s\n", o.scrubInterval)
+		}
+	}
+	if o.critical != "" {
+		fmt.Fprintf(&b, "postures:\n  critical: %s\n", o.critical)
+	}
+	return b.String()
 }
 
 // logLevel is the nodes' log level: $WH_CLUSTER_LOG_LEVEL, or info.
@@ -204,6 +248,45 @@ func (n *node) serve() {
 	n.proc = p
 }
 
+// restart starts `wormhole serve` again on the node, with the same data
+// directory and configuration, and waits until it serves NFS.
+func (n *node) restart(d time.Duration) {
+	n.c.t.Helper()
+	n.serve()
+	n.waitServing(d)
+}
+
+// wormhole runs a wormhole command (args, then --config) in the node's
+// namespace, logged under the command's first word, and gives up after d.
+func (n *node) wormhole(d time.Duration, args ...string) netns.Result {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	argv := append(append([]string{bin}, args...), "--config", n.config)
+	return n.host.Run(ctx, args[0], argv...)
+}
+
+// admin makes one request to the node's admin API (on the namespace's
+// loopback, so with curl inside the namespace) with the node's token, and
+// returns the body of a 2xx answer. Requests other than GET are logged.
+func (n *node) admin(method, path string) (string, error) {
+	tok, err := os.ReadFile(filepath.Join(n.dir, "admin.token"))
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	name := "admin" // GETs are polled: not logged
+	if method == "GET" {
+		name = ""
+	}
+	r := n.host.Run(ctx, name, "curl", "-sS", "--fail-with-body", "-X", method,
+		"-H", "Authorization: Bearer "+strings.TrimSpace(string(tok)), "http://127.0.0.1:9470"+path)
+	if r.Err != nil {
+		return r.Stdout, fmt.Errorf("admin %s %s: exit %d: %v: %s%s", method, path, r.ExitCode, r.Err, r.Stdout, r.Stderr)
+	}
+	return r.Stdout, nil
+}
+
 // waitServing waits until the node answers NFS NULL calls, and fails the
 // test if it exits first or the time runs out.
 func (n *node) waitServing(d time.Duration) {
@@ -230,18 +313,58 @@ type status struct {
 		ID    string `json:"id"`
 		State string `json:"state"`
 		// Etcd is the node's etcd role: voter, learner, client or external.
-		Etcd string `json:"etcd"`
+		Etcd      string     `json:"etcd"`
+		Draining  bool       `json:"draining"`
+		DownSince *time.Time `json:"down_since"`
 	} `json:"nodes"`
+	// Situation is healthy, favourable, mixed or critical; Posture what
+	// the cluster does about it.
+	Situation  string `json:"situation"`
+	Posture    string `json:"posture"`
+	AtRisk     string `json:"at_risk"`
+	Advice     string `json:"advice"`
 	Redundancy struct {
 		Copies int `json:"copies"`
 	} `json:"redundancy"`
 	// Chunks counts chunks below, on and above their redundancy; nil when
 	// the status has no census.
 	Chunks *struct {
-		Below int `json:"below"`
-		On    int `json:"on"`
-		Above int `json:"above"`
+		Chunks  int      `json:"chunks"`
+		Below   int      `json:"below"`
+		On      int      `json:"on"`
+		Above   int      `json:"above"`
+		Missing int      `json:"missing"`
+		Partial []string `json:"partial"`
+		// At is when the census was taken (status reuses one for
+		// seconds).
+		At time.Time `json:"at"`
 	} `json:"chunks"`
+	// Repair is the repair worker's current or last pass; nil without one.
+	Repair *repairProgress `json:"repair"`
+	// Scrub is this node's scrubber; nil when scrubbing is off.
+	Scrub *struct {
+		Passes  uint64 `json:"passes"`
+		Checked uint64 `json:"checked"`
+		Corrupt uint64 `json:"corrupt"`
+		Errors  uint64 `json:"errors"`
+	} `json:"scrub"`
+}
+
+// repairProgress is one repair pass as status reports it.
+type repairProgress struct {
+	Leader         string         `json:"leader"`
+	Running        bool           `json:"running"`
+	Pass           uint64         `json:"pass"`
+	Copied         int            `json:"copied"`
+	ToCopy         int            `json:"to_copy"`
+	Deleted        int            `json:"deleted"`
+	ToDelete       int            `json:"to_delete"`
+	Failed         int            `json:"failed"`
+	Deferred       int            `json:"deferred"`
+	Unavailable    int            `json:"unavailable"`
+	BytesCopied    int64          `json:"bytes_copied"`
+	DrainRemaining map[string]int `json:"drain_remaining"`
+	LastError      string         `json:"last_error"`
 }
 
 // states maps node ids to their states.
