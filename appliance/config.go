@@ -90,9 +90,9 @@ type ExportConfig struct {
 	Squash string `koanf:"squash" validate:"omitempty,oneof=root none all"`
 	// AnonUID and AnonGID are what squashed callers become.
 	AnonUID uint32 `koanf:"anon_uid"`
+	AnonGID uint32 `koanf:"anon_gid"`
 	// Secure admits only requests from client ports below 1024.
 	Secure bool `koanf:"secure"`
-	AnonGID uint32 `koanf:"anon_gid"`
 }
 
 // nfsExports converts the configured exports for the front.
