@@ -3,6 +3,7 @@ package nfsfront
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"time"
 )
@@ -62,15 +63,12 @@ var rpcbV3 = map[uint32]svcProc{
 	rpcbProcGetTime: (*Server).rpcbGetTime,
 }
 
-var rpcbV4 = map[uint32]svcProc{
-	pmapProcNull:    (*Server).pmapNull,
-	pmapProcSet:     (*Server).rpcbRefuse,
-	pmapProcUnset:   (*Server).rpcbRefuse,
-	pmapProcGetport: (*Server).rpcbGetaddr,
-	pmapProcDump:    (*Server).rpcbDump,
-	rpcbProcGetTime: (*Server).rpcbGetTime,
-	rpcbProcVersAdr: (*Server).rpcbGetversaddr,
-}
+// rpcbV4 is version 3 plus GETVERSADDR.
+var rpcbV4 = func() map[uint32]svcProc {
+	m := maps.Clone(rpcbV3)
+	m[rpcbProcVersAdr] = (*Server).rpcbGetversaddr
+	return m
+}()
 
 // Portmapper versions served.
 const (

@@ -21,22 +21,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "wh-bin-")
-	if err != nil {
-		panic(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	bin, err = testnode.BuildBinary(ctx, dir)
-	cancel()
-	if err != nil {
-		os.RemoveAll(dir)
-		panic(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testnode.RunWithBinary(m, &bin) }
 
 // runFailing starts the binary, expects it to exit non-zero within a
 // deadline, and returns its output.

@@ -248,3 +248,23 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// RunWithBinary is the TestMain of packages that run the wormhole binary:
+// it builds it (BuildBinary, into a temporary directory), stores its path
+// in *bin, runs the tests and removes the build. It does not return.
+func RunWithBinary(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "wh-bin-")
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	*bin, err = BuildBinary(ctx, dir)
+	cancel()
+	if err != nil {
+		os.RemoveAll(dir)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
