@@ -200,10 +200,12 @@ func TestListCancelled(t *testing.T) {
 		t.Fatalf("cancelled List = %v, want context.Canceled, not retryable", err)
 	}
 	select {
-	case err := <-store.ended:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("server List ended with %v, want its context cancelled", err)
-		}
+	case <-store.ended:
+		// The store blocks until its context ends or a send fails, so
+		// ending at all means the server stopped. It learns of the
+		// cancellation either from its request context or from the failed
+		// send of the batch the client was reading when it gave up; which
+		// comes first is a race, so the error itself is not checked.
 	case <-time.After(10 * time.Second):
 		t.Fatal("server still listing after the client cancelled")
 	}
