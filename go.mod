@@ -3,6 +3,7 @@ module github.com/wormhole-fs/wormhole
 go 1.26.8
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/go-git/go-billy/v5 v5.9.2
 	github.com/go-playground/validator/v10 v10.30.6
 	github.com/go-viper/mapstructure/v2 v2.5.0

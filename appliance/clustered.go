@@ -386,23 +386,52 @@ func (n *Node) gossipLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-refresh.C:
-			if err := n.refreshView(ctx); err != nil && ctx.Err() == nil {
+			rctx, cancel := context.WithTimeout(ctx, viewInterval*5)
+			if err := n.refreshView(rctx); err != nil && ctx.Err() == nil {
 				n.log.Debug().Err(err).Msg("refresh node records")
 			}
+			cancel()
 		case <-t.C:
 			if err := c.members.UpdateFacts(); err != nil {
 				n.log.Debug().Err(err).Msg("gossip facts")
 			}
 		case <-retry.C:
-			if len(c.seeds) == 0 || len(c.members.Members()) > 1 {
-				continue
-			}
-			jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			if k, err := c.members.Join(jctx, c.seeds); err == nil {
-				n.log.Info().Int("answered", k).Msg("joined the other nodes")
-			}
-			cancel()
+			n.reconnect(ctx)
 		}
+	}
+}
+
+// reconnect asks gossip to join the nodes it does not hear: the seeds
+// while this node is alone, and every recorded node gossip holds dead.
+// memberlist never probes a node it declared dead, so once a partition
+// lasted longer than its gossip-to-the-dead time, both sides would
+// otherwise stay blind to each other after it heals (serf's reconnect
+// does the same). A node that is really gone costs one failed dial per
+// retry.
+func (n *Node) reconnect(ctx context.Context) {
+	c := n.cl
+	heard := map[string]bool{}
+	for _, m := range c.members.Members() {
+		heard[m.ID] = true
+	}
+	var addrs []string
+	if len(heard) <= 1 {
+		addrs = slices.Clone(c.seeds)
+	}
+	if v := c.view.Load(); v != nil {
+		for _, r := range v.records {
+			if !heard[r.ID] && r.ID != c.st.NodeID && r.Gossip != "" && !slices.Contains(addrs, r.Gossip) {
+				addrs = append(addrs, r.Gossip)
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	jctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+	defer cancel()
+	if k, err := c.members.Join(jctx, addrs); err == nil && k > 0 {
+		n.log.Info().Int("answered", k).Strs("tried", addrs).Msg("rejoined nodes gossip did not hear")
 	}
 }
 
