@@ -29,7 +29,7 @@ const migrateBatch = 64
 // and nodes running it at once do not interfere. It runs before the
 // namespace serves.
 func (s *Store) migrateEntries(ctx context.Context) error {
-	resp, err := s.cli.Get(ctx, s.keys.layout())
+	resp, err := s.kv.Get(ctx, s.keys.layout())
 	if err != nil {
 		return etcdErr("read namespace layout", err)
 	}
@@ -42,7 +42,7 @@ func (s *Store) migrateEntries(ctx context.Context) error {
 	old := s.keys.oldDirRoot()
 	moved := 0
 	for {
-		resp, err := s.cli.Get(ctx, old, clientv3.WithRange(prefixEnd(old)), clientv3.WithLimit(migrateBatch))
+		resp, err := s.kv.Get(ctx, old, clientv3.WithRange(prefixEnd(old)), clientv3.WithLimit(migrateBatch))
 		if err != nil {
 			return etcdErr("migrate directory entries", err)
 		}
@@ -65,13 +65,13 @@ func (s *Store) migrateEntries(ctx context.Context) error {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
 			ops = append(ops, clientv3.OpDelete(key), clientv3.OpPut(s.keys.dentry(dir, rest[17:]), string(kv.Value)))
 		}
-		if _, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit(); err != nil {
+		if _, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit(); err != nil {
 			return etcdErr("migrate directory entries", err)
 		}
 		// A failed comparison moved nothing; the next round reads again.
 		moved += len(resp.Kvs)
 	}
-	if _, err := s.cli.Put(ctx, s.keys.layout(), layoutVersion); err != nil {
+	if _, err := s.kv.Put(ctx, s.keys.layout(), layoutVersion); err != nil {
 		return etcdErr("record namespace layout", err)
 	}
 	if moved > 0 {

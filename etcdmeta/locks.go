@@ -17,7 +17,7 @@ func (k keys) lock(ino meta.Ino) string { return k.lockRoot() + hex16(uint64(ino
 
 // LockRecord returns the lock record of ino, nil when it has none.
 func (s *Store) LockRecord(ctx context.Context, ino meta.Ino) ([]byte, error) {
-	resp, err := s.cli.Get(ctx, s.keys.lock(ino))
+	resp, err := s.kv.Get(ctx, s.keys.lock(ino))
 	if err != nil {
 		return nil, etcdErr("read locks", err)
 	}
@@ -34,7 +34,7 @@ func (s *Store) LockRecord(ctx context.Context, ino meta.Ino) ([]byte, error) {
 func (s *Store) UpdateLockRecord(ctx context.Context, ino meta.Ino, fn func(old []byte) ([]byte, error)) error {
 	k := s.keys.lock(ino)
 	for {
-		resp, err := s.cli.Get(ctx, k)
+		resp, err := s.kv.Get(ctx, k)
 		if err != nil {
 			return etcdErr("read locks", err)
 		}
@@ -51,7 +51,7 @@ func (s *Store) UpdateLockRecord(ctx context.Context, ino meta.Ino, fn func(old 
 		if len(rec) > 0 {
 			op = clientv3.OpPut(k, string(rec))
 		}
-		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(op).Commit()
+		tr, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(op).Commit()
 		if err != nil {
 			return etcdErr("write locks", err)
 		}
@@ -63,7 +63,7 @@ func (s *Store) UpdateLockRecord(ctx context.Context, ino meta.Ino, fn func(old 
 
 // LockedFiles returns the files that have a lock record.
 func (s *Store) LockedFiles(ctx context.Context) ([]meta.Ino, error) {
-	resp, err := s.cli.Get(ctx, s.keys.lockRoot(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := s.kv.Get(ctx, s.keys.lockRoot(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, etcdErr("list locks", err)
 	}

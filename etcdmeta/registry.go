@@ -59,7 +59,7 @@ type NodeRecord struct {
 // returns the recorded one: a second `wormhole init` against the same
 // etcd keeps the first CA.
 func (s *Store) PutCA(ctx context.Context, certPEM, keyPEM []byte) (cert, key []byte, err error) {
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(s.keys.caCert()), "=", 0)).
 		Then(clientv3.OpPut(s.keys.caCert(), string(certPEM)), clientv3.OpPut(s.keys.caKey(), string(keyPEM))).
 		Commit()
@@ -74,7 +74,7 @@ func (s *Store) PutCA(ctx context.Context, certPEM, keyPEM []byte) (cert, key []
 
 // CA returns the recorded cluster CA certificate and key.
 func (s *Store) CA(ctx context.Context) (cert, key []byte, err error) {
-	resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(s.keys.caCert()), clientv3.OpGet(s.keys.caKey())).Commit()
+	resp, err := s.kv.Txn(ctx).Then(clientv3.OpGet(s.keys.caCert()), clientv3.OpGet(s.keys.caKey())).Commit()
 	if err != nil {
 		return nil, nil, etcdErr("read cluster CA", err)
 	}
@@ -91,14 +91,14 @@ func (s *Store) putJSON(ctx context.Context, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.cli.Put(ctx, key, string(b)); err != nil {
+	if _, err := s.kv.Put(ctx, key, string(b)); err != nil {
 		return etcdErr("write "+key, err)
 	}
 	return nil
 }
 
 func (s *Store) getJSON(ctx context.Context, key string, v any) error {
-	resp, err := s.cli.Get(ctx, key)
+	resp, err := s.kv.Get(ctx, key)
 	if err != nil {
 		return etcdErr("read "+key, err)
 	}
@@ -138,7 +138,7 @@ func (s *Store) PutNode(ctx context.Context, n NodeRecord) error {
 // wrapping ErrNoRecord for an unknown node.
 func (s *Store) SetDraining(ctx context.Context, id string, draining bool) error {
 	for {
-		resp, err := s.cli.Get(ctx, s.keys.node(id))
+		resp, err := s.kv.Get(ctx, s.keys.node(id))
 		if err != nil {
 			return etcdErr("read node "+id, err)
 		}
@@ -158,7 +158,7 @@ func (s *Store) SetDraining(ctx context.Context, id string, draining bool) error
 			return err
 		}
 		kv := resp.Kvs[0]
-		tr, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+		tr, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
 			Then(clientv3.OpPut(string(kv.Key), string(b))).Commit()
 		if err != nil {
 			return etcdErr("write node "+id, err)
@@ -171,7 +171,7 @@ func (s *Store) SetDraining(ctx context.Context, id string, draining bool) error
 
 // DeleteNode forgets node id.
 func (s *Store) DeleteNode(ctx context.Context, id string) error {
-	if _, err := s.cli.Delete(ctx, s.keys.node(id)); err != nil {
+	if _, err := s.kv.Delete(ctx, s.keys.node(id)); err != nil {
 		return etcdErr("delete node "+id, err)
 	}
 	return nil
@@ -179,7 +179,7 @@ func (s *Store) DeleteNode(ctx context.Context, id string) error {
 
 // Nodes returns every recorded node, sorted by id.
 func (s *Store) Nodes(ctx context.Context) ([]NodeRecord, error) {
-	resp, err := s.cli.Get(ctx, s.keys.nodePrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	resp, err := s.kv.Get(ctx, s.keys.nodePrefix(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
 		return nil, etcdErr("list nodes", err)
 	}
@@ -205,7 +205,7 @@ const ChunkRefPage = 1000
 func (s *Store) ForEachChunk(ctx context.Context, fn func(ino meta.Ino, ref chunk.Ref) error) error {
 	start, end := s.keys.chunkRoot(), prefixEnd(s.keys.chunkRoot())
 	for {
-		resp, err := s.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(ChunkRefPage),
+		resp, err := s.kv.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(ChunkRefPage),
 			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithSerializable())
 		if err != nil {
 			return etcdErr("scan chunk references", err)

@@ -23,7 +23,11 @@ const maxNlink = math.MaxUint32 - 1
 // for concurrent use and holds no goroutines, so it needs no Close (the
 // client belongs to the caller).
 type Store struct {
-	cli   *clientv3.Client
+	cli *clientv3.Client
+	// kv is what every namespace read and write goes through: cli's KV,
+	// or a cachedKV over it (see WithExclusiveCache).
+	kv    clientv3.KV
+	cache *attrCache // nil without WithExclusiveCache
 	keys  keys
 	alloc *allocator
 	log   zerolog.Logger
@@ -35,7 +39,7 @@ var _ meta.Store = (*Store)(nil)
 // New returns the Store of cluster clusterID over cli, creating the root
 // directory (inode 1, mode 0755, owner 0:0) if the namespace is new.
 // clusterID must be non-empty and contain no '/'.
-func New(ctx context.Context, cli *clientv3.Client, clusterID string, log zerolog.Logger) (*Store, error) {
+func New(ctx context.Context, cli *clientv3.Client, clusterID string, log zerolog.Logger, opts ...Option) (*Store, error) {
 	if clusterID == "" {
 		return nil, fmt.Errorf("etcdmeta: empty cluster id: %w", meta.ErrInvalid)
 	}
@@ -47,10 +51,14 @@ func New(ctx context.Context, cli *clientv3.Client, clusterID string, log zerolo
 	k := newKeys(clusterID)
 	s := &Store{
 		cli:   cli,
+		kv:    cli.KV,
 		keys:  k,
 		alloc: &allocator{cli: cli, key: k.nextIno()},
 		log:   log,
 		now:   time.Now,
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	if err := s.bootstrap(ctx); err != nil {
 		return nil, err
@@ -66,7 +74,7 @@ func (s *Store) bootstrap(ctx context.Context) error {
 		Atime: now, Mtime: now, Ctime: now, Gen: 1, Parent: meta.RootIno,
 	}
 	k := s.keys.ino(meta.RootIno)
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
 		Then(clientv3.OpPut(k, string(encodeInode(root))), clientv3.OpPut(s.keys.layout(), layoutVersion)).
 		Commit()
@@ -91,7 +99,7 @@ var ErrChunkSizeMismatch = errors.New("chunk size differs from the namespace's")
 func (s *Store) ChunkSize(ctx context.Context, want uint64) (uint64, error) {
 	k := s.keys.chunkSize()
 	v := strconv.FormatUint(want, 10)
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.kv.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
 		Then(clientv3.OpPut(k, v)).
 		Else(clientv3.OpGet(k)).
@@ -137,7 +145,7 @@ func (t *tx) dirAttr(ctx context.Context, dir meta.Ino) (*meta.Attr, error) {
 // meta.ErrNotFound if it does not exist (callers that hold a handle treat
 // that as stale).
 func (s *Store) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error) {
-	resp, err := s.cli.Get(ctx, s.keys.ino(ino))
+	resp, err := s.kv.Get(ctx, s.keys.ino(ino))
 	if err != nil {
 		return meta.Attr{}, etcdErr(fmt.Sprintf("getattr %d", ino), err)
 	}
@@ -163,7 +171,7 @@ func (s *Store) GetAttrs(ctx context.Context, inos []meta.Ino) ([]meta.Attr, err
 		for i, ino := range batch {
 			ops[i] = clientv3.OpGet(s.keys.ino(ino))
 		}
-		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		resp, err := s.kv.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, etcdErr(fmt.Sprintf("getattrs of %d inodes", len(batch)), err)
 		}
@@ -947,7 +955,7 @@ func (t *tx) checkExpect(ino meta.Ino, expect []meta.Expect) error {
 // the server (no data is transferred), which costs O(inodes) there.
 func (s *Store) StatFS(ctx context.Context) (uint64, error) {
 	p := s.keys.inoPrefix()
-	resp, err := s.cli.Get(ctx, p, clientv3.WithRange(prefixEnd(p)), clientv3.WithCountOnly())
+	resp, err := s.kv.Get(ctx, p, clientv3.WithRange(prefixEnd(p)), clientv3.WithCountOnly())
 	if err != nil {
 		return 0, etcdErr("statfs", err)
 	}

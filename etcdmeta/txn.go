@@ -135,7 +135,7 @@ func (t *tx) load(ctx context.Context, keys ...string) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	resp, err := t.s.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err := t.s.kv.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return t.readErr(err)
 	}
@@ -171,7 +171,7 @@ func (t *tx) readErr(err error) error {
 func (t *tx) rangeRead(ctx context.Context, from, end string, limit int, fn func(key string, val []byte) error) error {
 	if t.rev == 0 {
 		// Pin the snapshot with a cheap linearizable read.
-		resp, err := t.s.cli.Get(ctx, t.s.keys.nextIno(), clientv3.WithCountOnly())
+		resp, err := t.s.kv.Get(ctx, t.s.keys.nextIno(), clientv3.WithCountOnly())
 		if err != nil {
 			return t.readErr(err)
 		}
@@ -183,7 +183,7 @@ func (t *tx) rangeRead(ctx context.Context, from, end string, limit int, fn func
 		if limit > 0 && limit-n < pageSize {
 			page = int64(limit - n)
 		}
-		resp, err := t.s.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(page),
+		resp, err := t.s.kv.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(page),
 			clientv3.WithRev(t.rev), clientv3.WithSerializable())
 		if err != nil {
 			return t.readErr(err)
@@ -335,7 +335,7 @@ func (t *tx) commit(ctx context.Context) (bool, error) {
 	if len(ops) == 0 {
 		return true, nil
 	}
-	resp, err := t.s.cli.Txn(ctx).If(t.cmps...).Then(ops...).Commit()
+	resp, err := t.s.kv.Txn(ctx).If(t.cmps...).Then(ops...).Commit()
 	if err != nil {
 		return false, err
 	}

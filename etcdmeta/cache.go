@@ -1,0 +1,442 @@
+package etcdmeta
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithExclusiveCache keeps up to entries inode and directory-entry
+// records in memory and answers point reads of them without a round trip
+// to etcd. It is correct only while this Store is the only writer of the
+// namespace, as a single node on its own embedded etcd is: the cache
+// learns of changes from the writes that pass through it, not from
+// watches, so a second writer would leave it stale. Nodes of a cluster
+// must not use it. entries <= 0 leaves the cache off.
+func WithExclusiveCache(entries int) Option {
+	return func(s *Store) {
+		if entries > 0 {
+			s.cache = newAttrCache(entries, s.keys.inoPrefix(), s.keys.prefix+"ent/")
+			s.kv = &cachedKV{KV: s.kv, c: s.cache}
+		}
+	}
+}
+
+// CacheStats reports the exclusive cache's hits, misses and entries (all
+// zero without one).
+func (s *Store) CacheStats() (hits, misses uint64, entries int) {
+	if s.cache == nil {
+		return 0, 0, 0
+	}
+	return s.cache.hits.Load(), s.cache.misses.Load(), s.cache.len()
+}
+
+// attrCache holds the latest value of recently read keys under the cached
+// prefixes, with two rules that keep it exact for a single writer:
+//
+//   - A key with a write in flight (begun, not ended) is never served: it
+//     was evicted when the write began, and reads of it go to etcd.
+//   - A value read from etcd is kept only if no write began or ended
+//     since the read was issued (gen unchanged) and the key is not being
+//     written: otherwise the value may predate a write already answered.
+//
+// So a cached key has had no write begin since its value was read, and
+// its value is the one etcd holds now. rev is the highest revision seen
+// in any answer from etcd: every cached value is current at rev, which is
+// the revision a read served from the cache reports.
+type attrCache struct {
+	prefixes []string
+	max      int
+
+	mu         sync.Mutex
+	entries    map[string]*list.Element // of *cacheEntry
+	lru        list.List                // most recently used first
+	pending    map[string]int           // writes in flight per key
+	pendingAll int                      // range writes in flight over cached keys
+	gen        uint64                   // counts write beginnings and ends
+	rev        int64
+
+	hits, misses atomic.Uint64
+}
+
+// cacheEntry is a key's value, or its absence (val nil, modRev 0).
+type cacheEntry struct {
+	key    string
+	val    []byte
+	modRev int64
+}
+
+func newAttrCache(max int, prefixes ...string) *attrCache {
+	return &attrCache{prefixes: prefixes, max: max, entries: map[string]*list.Element{}, pending: map[string]int{}}
+}
+
+func (c *attrCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// cacheable says whether key lies under a cached prefix.
+func (c *attrCache) cacheable(key string) bool {
+	for _, p := range c.prefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// overlaps says whether the range [key, end) may hold cached keys.
+func (c *attrCache) overlaps(key, end string) bool {
+	for _, p := range c.prefixes {
+		pend := prefixEnd(p)
+		if (end == "\x00" || end > p) && key < pend {
+			return true
+		}
+	}
+	return false
+}
+
+// lookup returns the cached entries of keys and the revision they are
+// current at, or ok false if any is missing or being written.
+func (c *attrCache) lookup(keys []string) (es []cacheEntry, rev int64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pendingAll > 0 {
+		c.misses.Add(1)
+		return nil, 0, false
+	}
+	es = make([]cacheEntry, len(keys))
+	for i, k := range keys {
+		el, found := c.entries[k]
+		if !found || c.pending[k] > 0 {
+			c.misses.Add(1)
+			return nil, 0, false
+		}
+		c.lru.MoveToFront(el)
+		es[i] = *el.Value.(*cacheEntry)
+	}
+	c.hits.Add(1)
+	return es, c.rev, true
+}
+
+// generation returns the write generation, to pass to fill.
+func (c *attrCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// fill records what a read issued at write generation gen returned for
+// key (kv nil: absent), at revision rev.
+func (c *attrCache) fill(gen uint64, key string, kv *mvccpb.KeyValue, rev int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rev = max(c.rev, rev)
+	if gen != c.gen || c.pending[key] > 0 || c.pendingAll > 0 {
+		return
+	}
+	e := &cacheEntry{key: key}
+	if kv != nil {
+		e.val, e.modRev = kv.Value, kv.ModRevision
+	}
+	if el, found := c.entries[key]; found {
+		el.Value = e
+		c.lru.MoveToFront(el)
+		return
+	}
+	c.entries[key] = c.lru.PushFront(e)
+	for len(c.entries) > c.max {
+		old := c.lru.Back()
+		c.lru.Remove(old)
+		delete(c.entries, old.Value.(*cacheEntry).key)
+	}
+}
+
+// writes is what one write touches: keys and ranges under cached
+// prefixes.
+type writes struct {
+	keys   []string
+	ranged bool
+}
+
+func (w writes) empty() bool { return len(w.keys) == 0 && !w.ranged }
+
+// begin marks w in flight and evicts what it touches.
+func (c *attrCache) begin(w writes) {
+	if w.empty() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for _, k := range w.keys {
+		c.pending[k]++
+		c.evict(k)
+	}
+	if w.ranged {
+		c.pendingAll++
+		c.clear()
+	}
+}
+
+// end marks w done. rev is the revision of etcd's answer, 0 if the write
+// failed (it may still have happened: nothing of it is cached either way).
+func (c *attrCache) end(w writes, rev int64) {
+	if w.empty() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.rev = max(c.rev, rev)
+	for _, k := range w.keys {
+		if c.pending[k]--; c.pending[k] <= 0 {
+			delete(c.pending, k)
+		}
+		c.evict(k)
+	}
+	if w.ranged {
+		c.pendingAll--
+		c.clear()
+	}
+}
+
+// compacted forgets everything: rev, reported by cached reads, may now be
+// compacted away, and reads at it would keep failing.
+func (c *attrCache) compacted() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.clear()
+}
+
+func (c *attrCache) evict(key string) {
+	if el, found := c.entries[key]; found {
+		c.lru.Remove(el)
+		delete(c.entries, key)
+	}
+}
+
+func (c *attrCache) clear() {
+	c.entries = map[string]*list.Element{}
+	c.lru.Init()
+}
+
+// writesOf collects what ops write under the cached prefixes, nested
+// transactions included.
+func (c *attrCache) writesOf(w *writes, ops []clientv3.Op) {
+	for _, op := range ops {
+		switch {
+		case op.IsPut(), op.IsDelete():
+			k, end := string(op.KeyBytes()), string(op.RangeBytes())
+			if end != "" {
+				w.ranged = w.ranged || c.overlaps(k, end)
+			} else if c.cacheable(k) {
+				w.keys = append(w.keys, k)
+			}
+		case op.IsTxn():
+			_, thenOps, elseOps := op.Txn()
+			c.writesOf(w, thenOps)
+			c.writesOf(w, elseOps)
+		}
+	}
+}
+
+// pointGet says whether op is a plain linearizable read of one cacheable
+// key, the only reads the cache answers.
+func (c *attrCache) pointGet(op clientv3.Op) bool {
+	return op.IsGet() && len(op.RangeBytes()) == 0 && op.Rev() == 0 && !op.IsSerializable() &&
+		!op.IsCountOnly() && !op.IsKeysOnly() && c.cacheable(string(op.KeyBytes()))
+}
+
+func isCompacted(err error) bool {
+	return errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrGRPCCompacted)
+}
+
+// rangeResponse is what etcd answers a point read of e.
+func (e cacheEntry) rangeResponse(rev int64) *etcdserverpb.RangeResponse {
+	r := &etcdserverpb.RangeResponse{Header: &etcdserverpb.ResponseHeader{Revision: rev}}
+	if e.val != nil {
+		r.Kvs = []*mvccpb.KeyValue{{Key: []byte(e.key), Value: e.val, ModRevision: e.modRev}}
+		r.Count = 1
+	}
+	return r
+}
+
+// cachedKV is a KV whose plain point reads of cached keys may be answered
+// from an attrCache, and whose writes keep it exact.
+type cachedKV struct {
+	clientv3.KV
+	c *attrCache
+}
+
+// Get answers a plain read of a cached key from the cache when it can.
+func (kv *cachedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	op := clientv3.OpGet(key, opts...)
+	if !kv.c.pointGet(op) {
+		resp, err := kv.KV.Get(ctx, key, opts...)
+		if isCompacted(err) {
+			kv.c.compacted()
+		}
+		return resp, err
+	}
+	if es, rev, ok := kv.c.lookup([]string{key}); ok {
+		return (*clientv3.GetResponse)(es[0].rangeResponse(rev)), nil
+	}
+	gen := kv.c.generation()
+	resp, err := kv.KV.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	var found *mvccpb.KeyValue
+	if len(resp.Kvs) == 1 {
+		found = resp.Kvs[0]
+	}
+	kv.c.fill(gen, key, found, resp.Header.Revision)
+	return resp, nil
+}
+
+// Put keeps the cache exact around a write.
+func (kv *cachedKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	var w writes
+	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpPut(key, val, opts...)})
+	kv.c.begin(w)
+	resp, err := kv.KV.Put(ctx, key, val, opts...)
+	kv.c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	return resp, err
+}
+
+// Delete keeps the cache exact around a write.
+func (kv *cachedKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
+	var w writes
+	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpDelete(key, opts...)})
+	kv.c.begin(w)
+	resp, err := kv.KV.Delete(ctx, key, opts...)
+	kv.c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	return resp, err
+}
+
+// Do keeps the cache exact around a write; reads pass through.
+func (kv *cachedKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	var w writes
+	kv.c.writesOf(&w, []clientv3.Op{op})
+	kv.c.begin(w)
+	resp, err := kv.KV.Do(ctx, op)
+	rev := int64(0)
+	if err == nil {
+		switch {
+		case resp.Put() != nil:
+			rev = resp.Put().Header.Revision
+		case resp.Del() != nil:
+			rev = resp.Del().Header.Revision
+		case resp.Txn() != nil:
+			rev = resp.Txn().Header.Revision
+		}
+	}
+	if isCompacted(err) {
+		kv.c.compacted()
+	}
+	kv.c.end(w, rev)
+	return resp, err
+}
+
+// Txn returns a transaction that reads from and keeps the cache.
+func (kv *cachedKV) Txn(ctx context.Context) clientv3.Txn {
+	return &cachedTxn{ctx: ctx, kv: kv, txn: kv.KV.Txn(ctx)}
+}
+
+func revOf(err error, rev func() int64) int64 {
+	if err != nil {
+		return 0
+	}
+	return rev()
+}
+
+// cachedTxn records a transaction's parts on their way to etcd. A
+// transaction of plain point reads of cached keys, without conditions, is
+// answered from the cache when every key is there; any other is sent, its
+// writes bracketed by begin and end, its point reads filling the cache.
+type cachedTxn struct {
+	ctx     context.Context
+	kv      *cachedKV
+	txn     clientv3.Txn
+	cmps    int
+	thenOps []clientv3.Op
+	elseOps []clientv3.Op
+}
+
+func (t *cachedTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
+	t.cmps += len(cs)
+	t.txn = t.txn.If(cs...)
+	return t
+}
+
+func (t *cachedTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.thenOps = append(t.thenOps, ops...)
+	t.txn = t.txn.Then(ops...)
+	return t
+}
+
+func (t *cachedTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.elseOps = append(t.elseOps, ops...)
+	t.txn = t.txn.Else(ops...)
+	return t
+}
+
+func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
+	c := t.kv.c
+	var w writes
+	c.writesOf(&w, t.thenOps)
+	c.writesOf(&w, t.elseOps)
+	reads := t.cmps == 0 && len(t.elseOps) == 0 && w.empty() && len(t.thenOps) > 0
+	var keys []string
+	for _, op := range t.thenOps {
+		if !reads {
+			break
+		}
+		if reads = c.pointGet(op); reads {
+			keys = append(keys, string(op.KeyBytes()))
+		}
+	}
+	if reads {
+		if es, rev, ok := c.lookup(keys); ok {
+			resp := &clientv3.TxnResponse{Header: &etcdserverpb.ResponseHeader{Revision: rev}, Succeeded: true}
+			for _, e := range es {
+				resp.Responses = append(resp.Responses, &etcdserverpb.ResponseOp{
+					Response: &etcdserverpb.ResponseOp_ResponseRange{ResponseRange: e.rangeResponse(rev)},
+				})
+			}
+			return resp, nil
+		}
+	}
+	gen := c.generation()
+	c.begin(w)
+	resp, err := t.txn.Commit()
+	if isCompacted(err) {
+		c.compacted()
+	}
+	c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	if err != nil || !reads {
+		return resp, err
+	}
+	for i, r := range resp.Responses {
+		var found *mvccpb.KeyValue
+		if kvs := r.GetResponseRange().GetKvs(); len(kvs) == 1 {
+			found = kvs[0]
+		}
+		c.fill(gen, keys[i], found, resp.Header.Revision)
+	}
+	return resp, nil
+}

@@ -1,0 +1,185 @@
+package etcdmeta
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+	"github.com/wormhole-fs/wormhole/etcdmeta/metatest"
+)
+
+func newCachedStore(t *testing.T, entries int) *Store {
+	t.Helper()
+	id := fmt.Sprintf("test-%d", clusterSeq.Add(1))
+	s, err := New(t.Context(), shared.Client(), id, testLog(t), WithExclusiveCache(entries))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// The whole namespace contract holds with the cache, roomy or so small
+// that it evicts all the time.
+func TestConformanceCached(t *testing.T) {
+	metatest.Run(t, func(t *testing.T) meta.Store { return newCachedStore(t, 4096) })
+}
+
+func TestConformanceCachedTiny(t *testing.T) {
+	metatest.Run(t, func(t *testing.T) meta.Store { return newCachedStore(t, 3) })
+}
+
+// Repeated reads are answered from memory, and a change made through the
+// store is seen by the very next read.
+func TestCacheHitsAndReadsOwnWrites(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	a, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.GetAttr(ctx, a.Ino); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Lookup(ctx, meta.RootIno, "f"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hits, _, entries := s.CacheStats()
+	if hits < 4 || entries == 0 {
+		t.Fatalf("after repeated reads: %d hits, %d entries; want the repeats answered from the cache", hits, entries)
+	}
+	mode := uint32(0o600)
+	if _, err := s.SetAttr(ctx, a.Ino, meta.SetAttrArgs{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetAttr(ctx, a.Ino)
+	if err != nil || got.Mode != mode {
+		t.Fatalf("GetAttr after chmod = mode %o, %v; want %o", got.Mode, err, mode)
+	}
+	if _, err := s.Unlink(ctx, meta.RootIno, "f"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, meta.RootIno, "f"); !errors.Is(err, meta.ErrNotFound) {
+		t.Fatalf("Lookup after remove = %v, want not found", err)
+	}
+}
+
+// Writers and readers race: every writer reads its own last write back,
+// and no reader sees a file's mode go back to an older value.
+func TestCacheConcurrentWritersAndReaders(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 64)
+	const files, rounds = 4, 60
+	var inos []meta.Ino
+	for i := range files {
+		a, err := s.Create(ctx, meta.RootIno, fmt.Sprint("f", i), meta.CreateArgs{Type: meta.TypeRegular, Mode: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inos = append(inos, a.Ino)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var readers sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 2 {
+		readers.Go(func() {
+			last := make([]uint32, files)
+			for ctx.Err() == nil {
+				for i, ino := range inos {
+					a, err := s.GetAttr(ctx, ino)
+					if err != nil {
+						if ctx.Err() == nil {
+							errs <- err
+						}
+						return
+					}
+					if a.Mode < last[i] {
+						errs <- fmt.Errorf("file %d: mode went back from %o to %o", i, last[i], a.Mode)
+						return
+					}
+					last[i] = a.Mode
+				}
+			}
+		})
+	}
+	var writers sync.WaitGroup
+	for i, ino := range inos {
+		writers.Go(func() {
+			for m := uint32(1); m <= rounds; m++ {
+				if _, err := s.SetAttr(ctx, ino, meta.SetAttrArgs{Mode: &m}); err != nil {
+					errs <- err
+					return
+				}
+				a, err := s.GetAttr(ctx, ino)
+				if err != nil || a.Mode != m {
+					errs <- fmt.Errorf("file %d: GetAttr right after setting mode %o = %o, %v", i, m, a.Mode, err)
+					return
+				}
+			}
+		})
+	}
+	writers.Wait()
+	cancel()
+	readers.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// The cache never holds more than its limit.
+func TestCacheBounded(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 10)
+	for i := range 40 {
+		if _, err := s.Create(ctx, meta.RootIno, fmt.Sprint("f", i), meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 40 {
+		if _, err := s.Lookup(ctx, meta.RootIno, fmt.Sprint("f", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, n := s.CacheStats(); n > 10 {
+		t.Fatalf("cache holds %d entries, limit 10", n)
+	}
+}
+
+// A revision the cache reports may be compacted away by the time a
+// transaction reads more at it: the store retries, and the cache starts
+// over instead of failing every later read.
+func TestCacheAfterCompaction(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	if _, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Lookup(ctx, meta.RootIno, "f"); err != nil { // fills the cache
+		t.Fatal(err)
+	}
+	// Another client moves the revision on (keys the store never reads)
+	// and compacts up to it.
+	raw := shared.Client()
+	var rev int64
+	for i := range 3 {
+		r, err := raw.Put(ctx, fmt.Sprintf("/cache-test/%s/%d", s.keys.prefix, i), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = r.Header.Revision
+	}
+	if _, err := raw.Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Lookup(ctx, meta.RootIno, "f"); err != nil {
+			t.Fatalf("Lookup after compaction: %v", err)
+		}
+	}
+}
