@@ -84,7 +84,17 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	if st.Capacity.TotalBytes, st.Capacity.FreeBytes, err = n.store.Usage(); err != nil {
 		return st, fmt.Errorf("chunk store usage: %w", err)
 	}
-	if st.Inodes, err = n.ns.StatFS(ctx); err != nil {
+	mctx, cancel := context.WithTimeout(ctx, statusMetaTimeout)
+	st.Inodes, err = n.ns.StatFS(mctx)
+	cancel()
+	if err != nil && n.cl != nil {
+		// Cut off from etcd's quorum, a node of a cluster still says
+		// what it knows, and the posture it applies.
+		st.ClusterID = n.cl.st.ClusterID
+		n.statusWithoutMeta(ctx, &st, err)
+		return st, nil
+	}
+	if err != nil {
 		return st, fmt.Errorf("namespace: %w", err)
 	}
 	if n.cl != nil {

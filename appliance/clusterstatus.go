@@ -122,10 +122,48 @@ func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 				strings.Join(down, ", "), plural(len(down), "it", "them"), plural(len(down), "it", "them"))
 		}
 	}
+	fullNodes(st)
 	if p := n.repairProgress(ctx); p != nil {
 		st.Repair = p
 	}
 	return nil
+}
+
+// statusMetaTimeout bounds status's first read of etcd: past it, status
+// reports what the node knows without the metadata store.
+const statusMetaTimeout = 5 * time.Second
+
+// statusWithoutMeta fills the cluster part of st when etcd did not answer
+// (err): the nodes as last recorded and as gossip hears them, and the
+// situation and posture as assessed now (the metadata quorum counts as
+// lost once the loss lasts, see quorumWatch).
+func (n *Node) statusWithoutMeta(ctx context.Context, st *Status, err error) {
+	c := n.cl
+	st.Node = c.st.NodeID
+	st.Redundancy = &RedundancyStatus{Copies: n.cfg.Redundancy.Copies, WhenShort: n.cfg.Redundancy.WhenShort}
+	alive := map[string]cluster.Node{}
+	for _, m := range c.members.Members() {
+		if m.State == cluster.StateAlive {
+			alive[m.ID] = m
+		}
+	}
+	if v := c.view.Load(); v != nil {
+		for _, r := range v.records {
+			ns := NodeStatus{ID: r.ID, State: "dead", Advertise: r.Advertise, NFSAddr: r.NFSAddr, Etcd: r.Etcd,
+				Zone: r.Zone, Tier: r.Tier, Version: r.Version, Draining: r.Draining}
+			if m, ok := alive[r.ID]; ok {
+				ns.State, ns.CapacityBytes, ns.FreeBytes = "alive", m.Capacity, m.Free
+			} else if t, ok := v.downSince[r.ID]; ok {
+				ns.DownSince = &t
+			}
+			st.Nodes = append(st.Nodes, ns)
+		}
+	}
+	a := n.assess(ctx)
+	st.Situation, st.Posture, st.AtRisk, st.Advice = string(a.Situation), string(a.Posture), a.AtRisk, a.Advice
+	st.PostureMeaning = a.Posture.Meaning()
+	st.Summary = fmt.Sprintf("the metadata store (etcd) does not answer this node (%v): %d of %d recorded nodes heard by gossip; "+
+		"no file can be looked up or changed through this node until it does.", err, len(alive), len(st.Nodes))
 }
 
 func isAlive(alive map[string]cluster.Node, id string) bool {

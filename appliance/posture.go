@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,10 +15,62 @@ import (
 // postureInterval is how often the cluster's situation is assessed.
 const postureInterval = 5 * time.Second
 
+// How the metadata quorum is probed: one linearizable read with a
+// deadline. The quorum counts as lost only once probes have failed for
+// quorumLossAfter in a row, at least quorumLossProbes of them: a single
+// read that misses its deadline (an etcd election, a member resuming
+// after a stall, a loaded machine) must not turn a node read-only for a
+// posture interval. A node cut off from the majority is still found out
+// within about two posture intervals.
+const (
+	quorumProbeTimeout = 3 * time.Second
+	quorumLossAfter    = 4 * time.Second
+	quorumLossProbes   = 2
+)
+
+// censusRecheckAge is how old a census that shows chunks below target,
+// or nodes that did not answer, may be when the posture loop reuses it:
+// a census taken while a node was returning (or under writes) must not
+// hold a crisis posture for postureCensusAge once the facts are better.
+const censusRecheckAge = 10 * time.Second
+
+// postureCensusTimeout bounds a census taken for an assessment, so that
+// etcd lost in the middle of one cannot stall the posture loop.
+const postureCensusTimeout = time.Minute
+
 // postureGate is the NFS front's gate: it lets through what the posture in
 // force allows. Until the first assessment everything is served.
 type postureGate struct {
 	cur atomic.Pointer[posture.Assessment]
+	// quorum turns the quorum probes into the MetaQuorum fact.
+	quorum quorumWatch
+}
+
+// quorumWatch debounces the metadata quorum probes; see quorumLossAfter.
+// It is safe for concurrent use (status and the posture loop both probe).
+type quorumWatch struct {
+	mu sync.Mutex
+	// failingSince is when the first probe of the current run of
+	// failures failed; zero while the last probe succeeded.
+	failingSince time.Time
+	failures     int
+}
+
+// observe records the outcome of one probe that ended at now, and says
+// whether the quorum counts as held: until failures have lasted
+// quorumLossAfter over quorumLossProbes probes, it still does.
+func (q *quorumWatch) observe(ok bool, now time.Time) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if ok {
+		q.failingSince, q.failures = time.Time{}, 0
+		return true
+	}
+	if q.failures == 0 {
+		q.failingSince = now
+	}
+	q.failures++
+	return q.failures < quorumLossProbes || now.Sub(q.failingSince) < quorumLossAfter
 }
 
 // Allow implements nfsfront.Gate.
@@ -54,13 +107,12 @@ func (n *Node) policy() posture.Policy {
 // assess gathers the facts and judges the situation.
 func (n *Node) assess(ctx context.Context) posture.Assessment {
 	c := n.cl
-	f := posture.Facts{Copies: n.cfg.Redundancy.Copies, MetaQuorum: true}
-	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	f := posture.Facts{Copies: n.cfg.Redundancy.Copies}
+	qctx, cancel := context.WithTimeout(ctx, quorumProbeTimeout)
 	_, err := n.ns.Client().Get(qctx, "health") // a linearizable read needs the quorum
 	cancel()
-	if err != nil {
-		f.MetaQuorum = false
-	}
+	answered := err == nil
+	f.MetaQuorum = n.gate.quorum.observe(answered, time.Now())
 	up := map[string]bool{}
 	for _, m := range c.members.Members() {
 		if m.State == cluster.StateAlive {
@@ -78,8 +130,22 @@ func (n *Node) assess(ctx context.Context) posture.Assessment {
 			}
 		}
 	}
-	if f.MetaQuorum {
-		cs := n.chunkCensus(ctx, postureCensusAge)
+	if !answered && f.MetaQuorum {
+		// A probe failed, but the loss is not confirmed yet: the last
+		// assessment stands (a census would wait on etcd).
+		if prev := n.gate.cur.Load(); prev != nil {
+			return *prev
+		}
+	}
+	if answered {
+		// The census reads etcd, which just answered; a census that saw
+		// trouble is not trusted for long.
+		cctx, cancel := context.WithTimeout(ctx, postureCensusTimeout)
+		cs := n.chunkCensus(cctx, postureCensusAge)
+		if (cs.Below > 0 || len(cs.Partial) > 0) && time.Since(cs.At) > censusRecheckAge {
+			cs = n.chunkCensus(cctx, censusRecheckAge)
+		}
+		cancel()
 		f.ChunksBelow, f.ChunksMissing, f.CensusPartial = cs.Below, cs.Missing, len(cs.Partial) > 0
 		f.NeededBytes = uint64(cs.Below) * uint64(n.cfg.Chunks.Size)
 	}

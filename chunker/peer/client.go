@@ -34,6 +34,16 @@ type ClientOptions struct {
 	// MaxIdleConns is how many idle connections to the peer are kept for
 	// reuse (HTTP/2 multiplexes requests on one). Default 4.
 	MaxIdleConns int
+	// HealthCheck is how long a connection may receive nothing before it
+	// is pinged, and how long the ping may go unanswered before the
+	// connection is closed, failing the requests on it. A peer that
+	// stops answering (partitioned away, frozen, its machine gone)
+	// leaves an HTTP/2 connection that the kernel still holds open for
+	// many minutes; without the check every request multiplexed on it
+	// would wait for its whole Timeout, and so would every request after
+	// the peer came back, until TCP's retransmission backoff let the
+	// connection through again. Default 5s.
+	HealthCheck time.Duration
 }
 
 func (o ClientOptions) withDefaults() ClientOptions {
@@ -45,6 +55,9 @@ func (o ClientOptions) withDefaults() ClientOptions {
 	}
 	if o.MaxIdleConns <= 0 {
 		o.MaxIdleConns = 4
+	}
+	if o.HealthCheck <= 0 {
+		o.HealthCheck = 5 * time.Second
 	}
 	return o
 }
@@ -91,6 +104,13 @@ func NewClient(addr string, tlsConf *tls.Config, opts ClientOptions) *Client {
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
+		// A dead peer's connection is closed within twice HealthCheck,
+		// and one that cannot take a write within Timeout too.
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout:  opts.HealthCheck,
+			PingTimeout:      opts.HealthCheck,
+			WriteByteTimeout: opts.Timeout,
+		},
 	}
 	return &Client{
 		addr:    host,

@@ -688,3 +688,98 @@ func TestServeWithoutTLSConfig(t *testing.T) {
 		t.Fatal("Serve without TLS succeeded")
 	}
 }
+
+// freezer is a TCP proxy to a peer that can stop forwarding, as a peer
+// partitioned away or stopped with SIGSTOP does: its connections stay
+// open, and nothing comes back on them.
+type freezer struct {
+	l      net.Listener
+	to     string
+	frozen atomic.Bool
+}
+
+func newFreezer(t *testing.T, to string) *freezer {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{l: l, to: to}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", to)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			wg.Go(func() { f.pipe(u, c) })
+			wg.Go(func() { f.pipe(c, u) })
+		}
+	})
+	return f
+}
+
+// pipe copies src to dst until either closes; while frozen, what it reads
+// is dropped.
+func (f *freezer) pipe(dst, src net.Conn) {
+	b := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(b)
+		if n > 0 && !f.frozen.Load() {
+			if _, werr := dst.Write(b[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// A request on a connection to a peer that stopped answering fails after
+// the health check (a ping that gets no answer), not after the request's
+// whole timeout, and so does every request after it until a new
+// connection is made.
+func TestHealthCheckClosesDeadConnection(t *testing.T) {
+	ca := newCA(t, "cluster")
+	n := startNode(t, openStore(t), ca.serverTLS(t), peer.ServerOptions{}, nil)
+	f := newFreezer(t, n.addr)
+	const check = 200 * time.Millisecond
+	c := newClient(t, f.l.Addr().String(), ca.clientTLS(t), peer.ClientOptions{Timeout: time.Minute, HealthCheck: check})
+	id := chunk.NewID()
+	if _, err := c.Put(t.Context(), id, pattern(1000, 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.frozen.Store(true)
+	start := time.Now()
+	_, err := c.Get(t.Context(), id)
+	took := time.Since(start)
+	if err == nil || !peer.IsRetryable(err) {
+		t.Fatalf("Get through a frozen connection: %v (retryable %v), want a retryable error", err, peer.IsRetryable(err))
+	}
+	// Bound: a ping after check without frames, closed check later;
+	// generous for a loaded machine, and far below the minute of Timeout.
+	if took > 20*check {
+		t.Errorf("Get through a frozen connection failed after %v, want about %v", took, 2*check)
+	}
+	t.Logf("Get through a frozen connection failed after %v: %v", took, err)
+}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +32,8 @@ import (
 type load struct {
 	t       *testing.T
 	targets []*node
+	// prefix starts the names of the load's files.
+	prefix  string
 	start   time.Time
 	stopped chan struct{}
 	wg      sync.WaitGroup
@@ -41,8 +43,8 @@ type load struct {
 	mu      sync.Mutex
 	history []porcupine.Operation
 	phase   string
-	counts  map[string]*loadCounts
-	wrong   []string // descriptions of reads that returned bytes never written
+	counts  map[string]*loadCounts // by phase, and by phase@node
+	wrong   []string               // descriptions of reads that returned bytes never written
 }
 
 // loadCounts counts one phase's operations by outcome.
@@ -106,14 +108,23 @@ var registerModel = porcupine.Model{
 // through the first target before the workers start.
 func startLoad(t *testing.T, workersPerTarget int, targets ...*node) *load {
 	t.Helper()
+	return startLoadNamed(t, "load-", workersPerTarget, targets...)
+}
+
+// startLoadNamed is startLoad on files whose names start with prefix: a
+// test that runs loads one after the other gives each its own files, so
+// that a write of an earlier load still in flight cannot be taken for one
+// of a later load.
+func startLoadNamed(t *testing.T, prefix string, workersPerTarget int, targets ...*node) *load {
+	t.Helper()
 	l := &load{
-		t: t, targets: targets, start: time.Now(), stopped: make(chan struct{}),
+		t: t, targets: targets, prefix: prefix, start: time.Now(), stopped: make(chan struct{}),
 		versions: make([]atomic.Int64, loadFiles), phase: "before",
 		counts: map[string]*loadCounts{},
 	}
 	v := targets[0].mount()
 	for f := range loadFiles {
-		l.write(0, v, f)
+		l.write(0, v, f, targets[0].id)
 	}
 	if c := l.counts["before"]; c == nil || c.WritesOK != loadFiles {
 		t.Fatalf("load: creating the files through %s failed: %+v", targets[0].id, c)
@@ -147,24 +158,40 @@ func (l *load) phaseCounts(phase string) loadCounts {
 	return loadCounts{}
 }
 
+// nodeCounts returns a copy of phase's counts so far for the operations
+// made through node id.
+func (l *load) nodeCounts(phase, id string) loadCounts {
+	return l.phaseCounts(phase + "@" + id)
+}
+
 // waitWrites waits up to d for n more acknowledged writes in the current
 // phase, and fails the test if they do not come: it shows the cluster
 // keeps taking writes.
 func (l *load) waitWrites(d time.Duration, n int) {
 	l.t.Helper()
+	l.waitWritesVia(d, n, "")
+}
+
+// waitWritesVia is waitWrites counting only the writes made through node
+// id ("" counts them all).
+func (l *load) waitWritesVia(d time.Duration, n int, id string) {
+	l.t.Helper()
 	l.mu.Lock()
-	phase := l.phase
+	key := l.phase
 	l.mu.Unlock()
-	from := l.phaseCounts(phase).WritesOK
+	if id != "" {
+		key += "@" + id
+	}
+	from := l.phaseCounts(key).WritesOK
 	deadline := time.Now().Add(d)
 	for {
-		c := l.phaseCounts(phase)
+		c := l.phaseCounts(key)
 		if c.WritesOK >= from+n {
 			return
 		}
 		if time.Now().After(deadline) {
-			l.t.Fatalf("load: %d writes acknowledged in %v of phase %q, want %d (failed %d, last error: %s)",
-				c.WritesOK-from, d, phase, n, c.WritesFailed, c.LastError)
+			l.t.Fatalf("load: %d writes acknowledged in %v of %q, want %d (failed %d, last error: %s)",
+				c.WritesOK-from, d, key, n, c.WritesFailed, c.LastError)
 		}
 		select {
 		case <-l.stopped:
@@ -195,7 +222,7 @@ func (l *load) worker(client int, n *node, seed uint64) {
 		if m == nil {
 			mm, err := mountWithin(n.nfsAddr(), loadOpTimeout)
 			if err != nil {
-				l.count(false, false, fmt.Errorf("%s: %w", n.id, err))
+				l.count(n.id, false, false, fmt.Errorf("%s: %w", n.id, err))
 				select {
 				case <-l.stopped:
 					return
@@ -208,7 +235,7 @@ func (l *load) worker(client int, n *node, seed uint64) {
 		f := rng.IntN(loadFiles)
 		var ok bool
 		if rng.IntN(2) == 0 {
-			ok = l.write(client, m.v, f)
+			ok = l.write(client, m.v, f, n.id)
 		} else {
 			ok = l.read(client, m.v, f, n.id)
 		}
@@ -219,11 +246,12 @@ func (l *load) worker(client int, n *node, seed uint64) {
 	}
 }
 
-// write writes a new version of file f through v and records it.
-func (l *load) write(client int, v *nfsc.Target, f int) bool {
+// write writes a new version of file f through v (node via) and records
+// it.
+func (l *load) write(client int, v *nfsc.Target, f int, via string) bool {
 	version := l.versions[f].Add(1)
 	call := l.now()
-	err := writeFile(v, loadName(f), loadContent(f, version))
+	err := writeFile(v, l.name(f), loadContent(f, version))
 	ret := l.now()
 	if err != nil {
 		// It may have taken effect: let the checker place it anywhere
@@ -232,30 +260,30 @@ func (l *load) write(client int, v *nfsc.Target, f int) bool {
 	}
 	l.record(porcupine.Operation{ClientId: client, Input: loadInput{file: f, write: true, version: version},
 		Call: call, Output: loadOutput{}, Return: ret})
-	l.count(true, err == nil, err)
+	l.count(via, true, err == nil, err)
 	return err == nil
 }
 
 // read reads file f through v, checks its bytes and records the version.
 func (l *load) read(client int, v *nfsc.Target, f int, via string) bool {
 	call := l.now()
-	data, _, err := readFile(v, loadName(f))
+	data, _, err := readFile(v, l.name(f))
 	ret := l.now()
 	if err != nil {
-		l.count(false, false, err) // a failed read tells nothing
+		l.count(via, false, false, err) // a failed read tells nothing
 		return false
 	}
 	version, perr := parseLoadContent(f, data)
 	if perr != nil {
 		l.mu.Lock()
-		l.wrong = append(l.wrong, fmt.Sprintf("read of %s through %s: %v", loadName(f), via, perr))
+		l.wrong = append(l.wrong, fmt.Sprintf("read of %s through %s: %v", l.name(f), via, perr))
 		l.mu.Unlock()
-		l.count(false, false, perr)
+		l.count(via, false, false, perr)
 		return true
 	}
 	l.record(porcupine.Operation{ClientId: client, Input: loadInput{file: f},
 		Call: call, Output: loadOutput{version: version}, Return: ret})
-	l.count(false, true, nil)
+	l.count(via, false, true, nil)
 	return true
 }
 
@@ -268,14 +296,23 @@ func (l *load) record(op porcupine.Operation) {
 	l.history = append(l.history, op)
 }
 
-func (l *load) count(write, ok bool, err error) {
+// count counts an operation made through node via in the current phase,
+// both in the phase's totals and in its counts for via.
+func (l *load) count(via string, write, ok bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := l.counts[l.phase]
-	if c == nil {
-		c = &loadCounts{}
-		l.counts[l.phase] = c
+	for _, key := range []string{l.phase, l.phase + "@" + via} {
+		c := l.counts[key]
+		if c == nil {
+			c = &loadCounts{}
+			l.counts[key] = c
+		}
+		c.add(write, ok, err)
 	}
+}
+
+// add counts one operation.
+func (c *loadCounts) add(write, ok bool, err error) {
 	switch {
 	case write && ok:
 		c.WritesOK++
@@ -322,7 +359,7 @@ func (l *load) stop(d time.Duration) {
 			for !l.read(0, m.v, f, n.id) {
 				if time.Now().After(deadline) {
 					l.t.Fatalf("load: final read of %s through %s still failing after %v: %s",
-						loadName(f), n.id, d, l.phaseCounts("final").LastError)
+						l.name(f), n.id, d, l.phaseCounts("final").LastError)
 				}
 				m.close()
 				if m, err = mountWithin(n.nfsAddr(), time.Until(deadline)); err != nil {
@@ -346,6 +383,7 @@ func (l *load) check() {
 		phases = append(phases, fmt.Sprintf("%s: %+v", p, *c))
 	}
 	l.mu.Unlock()
+	slices.Sort(phases)
 	l.t.Logf("load: %d operations recorded; %s", len(history), strings.Join(phases, "; "))
 	for _, w := range wrong {
 		l.t.Errorf("load: wrong bytes: %s", w)
@@ -367,8 +405,8 @@ func (l *load) check() {
 	}
 }
 
-// loadName is file f's name, in the root of the export.
-func loadName(f int) string { return fmt.Sprintf("load-%d", f) }
+// name is file f's name, in the root of the export.
+func (l *load) name(f int) string { return fmt.Sprintf("%s%d", l.prefix, f) }
 
 // loadContent is version v of file f: a header naming both, then bytes
 // derived from them, loadSize in all.
