@@ -159,7 +159,13 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		cli = n.etcd.Client()
 	}
 
-	ns, err := etcdmeta.New(ctx, cli, clusterID, log.With().Str("component", "meta").Logger())
+	var nsOpts []etcdmeta.Option
+	if !clustered {
+		// This process is the namespace's only writer: its embedded
+		// etcd is locked to it.
+		nsOpts = append(nsOpts, etcdmeta.WithExclusiveCache(cfg.Etcd.CacheEntries))
+	}
+	ns, err := etcdmeta.New(ctx, cli, clusterID, log.With().Str("component", "meta").Logger(), nsOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("namespace: %w", err)
 	}

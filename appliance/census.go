@@ -23,6 +23,11 @@ type ChunkCensus struct {
 	On      int `json:"on"`
 	Above   int `json:"above"`
 	Missing int `json:"missing"`
+	// Orphans counts chunks some node holds that no file refers to:
+	// copies left by a failed write or delete (the repair worker deletes
+	// them after repair.orphan_grace), or written for a write not yet
+	// committed. They are not counted in Above.
+	Orphans int `json:"orphans"`
 	// Partial lists the nodes up but not answering: their copies were not
 	// seen, so Below may be too high.
 	Partial []string  `json:"partial,omitempty"`
@@ -98,13 +103,26 @@ func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 			return nil
 		})
 	}
-	counts := census.Count(iter.Seq[census.Chunk](chunks), inv)
+	counts, below := census.CountBelow(iter.Seq[census.Chunk](chunks), inv, settleMax)
+	if len(below) > 0 && ctx.Err() == nil {
+		// The nodes were listed before the references were read: a chunk
+		// written or moved meanwhile looks below target. A second listing,
+		// taken after the references were read, sees it.
+		later, _ := census.Gather(ctx, listers)
+		counts = census.Settle(counts, below, inv, later)
+	}
 	cs.Chunks, cs.Below, cs.On, cs.Above, cs.Missing = counts.Chunks, counts.Below, counts.On, counts.Above, counts.Missing
+	cs.Orphans = counts.Orphans
 	if scanErr != nil && scanErr != errStopCensus {
 		cs.Error = fmt.Sprintf("chunk references: %v", scanErr)
 	}
 	return cs
 }
+
+// settleMax bounds the chunks below target a census checks again against
+// a second listing (see takeCensus); past it, the count may be high while
+// writes run.
+const settleMax = 4096
 
 // errStopCensus ends a chunk scan whose consumer stopped.
 var errStopCensus = fmt.Errorf("census stopped")

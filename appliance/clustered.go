@@ -472,12 +472,13 @@ type replicaView struct{ c *clusterNode }
 
 func (v replicaView) SelfID() string { return v.c.members.Self().ID }
 
-// minFree is the free space under which a node takes no new chunks.
+// minFree is the free space under which a node takes no new chunks (on a
+// disk of 5 GiB or more; see nodeFull).
 const minFree = 256 << 20
 
 // Nodes weighs each node by its capacity, not its free space: placement
 // then stays put while disks fill, instead of moving chunks at every
-// write. A node nearly full, or draining, weighs 0: it takes no new
+// write. A node full (nodeFull), or draining, weighs 0: it takes no new
 // chunks but is still read.
 func (v replicaView) Nodes() []replica.Node {
 	ms := v.c.members.Members()
@@ -485,7 +486,7 @@ func (v replicaView) Nodes() []replica.Node {
 	out := make([]replica.Node, 0, len(ms))
 	for _, m := range ms {
 		w := float64(m.Capacity)
-		if m.Free < minFree || (view != nil && view.draining[m.ID]) {
+		if nodeFull(m.Capacity, m.Free) || (view != nil && view.draining[m.ID]) {
 			w = 0
 		}
 		out = append(out, replica.Node{ID: m.ID, Zone: m.Zone, Tier: m.Tier, Weight: w, Alive: m.State == cluster.StateAlive})

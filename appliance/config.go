@@ -143,6 +143,12 @@ type ChunkConfig struct {
 type EtcdConfig struct {
 	// QuotaBytes is etcd's backend quota (etcd suggests at most 8 GiB).
 	QuotaBytes int64 `koanf:"quota_bytes" validate:"min=104857600,max=8589934592"`
+	// CacheEntries is how many inode and directory-entry records a single
+	// node keeps in memory (a few hundred bytes each) to answer lookups
+	// and attribute reads without asking etcd; 0 turns the cache off.
+	// Nodes of a cluster, and nodes on an external etcd, read etcd every
+	// time: the cache is exact only for a namespace's only writer.
+	CacheEntries int `koanf:"cache_entries" validate:"min=0,max=10000000"`
 	// Voters is how many nodes of a cluster run an embedded etcd member
 	// (1, 3 or 5): the first nodes to join do, the others are clients.
 	Voters int `koanf:"voters" validate:"oneof=1 3 5"`
@@ -197,6 +203,10 @@ type RepairConfig struct {
 	Bandwidth int64 `koanf:"bandwidth" validate:"min=1048576"`
 	// Interval is the pause between passes when nothing changes.
 	Interval time.Duration `koanf:"interval" validate:"min=1s"`
+	// OrphanGrace is how long a chunk no file refers to (left by a failed
+	// write or delete) is kept before it is deleted: longer than any
+	// write takes between storing its chunks and committing them.
+	OrphanGrace time.Duration `koanf:"orphan_grace" validate:"min=1s"`
 }
 
 // ScrubConfig paces the background re-reading of this node's chunks.
@@ -250,12 +260,12 @@ func DefaultConfig() Config {
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
 		Chunks:     ChunkConfig{Size: 1 << 20},
-		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, Voters: 3, PeerPort: 2380, ClientPort: 2379},
+		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, CacheEntries: 65536, Voters: 3, PeerPort: 2380, ClientPort: 2379},
 		Admin:      AdminConfig{Addr: "127.0.0.1:9470"},
 		Log:        LogConfig{Level: "info", Format: "console"},
 		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},
 		Redundancy: RedundancyConfig{Copies: 2, WhenShort: "degraded"},
-		Repair:     RepairConfig{Grace: 10 * time.Minute, Bandwidth: 64 << 20, Interval: time.Minute},
+		Repair:     RepairConfig{Grace: 10 * time.Minute, Bandwidth: 64 << 20, Interval: time.Minute, OrphanGrace: time.Hour},
 		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour, Delay: 10 * time.Minute},
 		Postures:   PosturesConfig{Favourable: "serve", Mixed: "serve", Critical: "read-only"},
 	}

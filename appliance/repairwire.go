@@ -16,8 +16,10 @@ import (
 // repairChunks adapts the namespace.
 type repairChunks struct{ ns *etcdmeta.Store }
 
+// ForEachChunk reads linearizably, as the orphan collection needs (see
+// repair.Chunks).
 func (r repairChunks) ForEachChunk(ctx context.Context, fn func(ino meta.Ino, ref chunk.Ref) error) error {
-	return r.ns.ForEachChunk(ctx, fn)
+	return r.ns.ForEachChunkLinearizable(ctx, fn)
 }
 
 func (r repairChunks) Copies(ctx context.Context, ino meta.Ino) (int, error) {
@@ -82,6 +84,7 @@ func (n *Node) newRepair() (*repair.Worker, error) {
 	cfg.Grace = n.cfg.Repair.Grace
 	cfg.Bandwidth = n.cfg.Repair.Bandwidth
 	cfg.Interval = n.cfg.Repair.Interval
+	cfg.OrphanGrace = n.cfg.Repair.OrphanGrace
 	return repair.New(cfg, n.ns.Client(), "/wh/"+n.cl.st.ClusterID+"/", repairChunks{n.ns}, repairPlacement{n.cl},
 		repairCluster{n}, n.log)
 }

@@ -50,22 +50,41 @@ type Chunk struct {
 // hold it (its copies) with its Want. Missing counts the chunks held by
 // no node at all although they want copies; they are also counted in
 // Below, so Below-Missing chunks are degraded but readable.
+//
+// Orphans counts the chunks the Inventory holds that no yielded chunk is:
+// copies no file refers to (left by a failed write or delete, or written
+// for a write not committed yet). They are in none of the other counts: a
+// chunk is above target only if a file refers to it.
 type Counts struct {
 	Chunks  int // chunks counted
 	Below   int // fewer copies than wanted (Missing included)
 	On      int // exactly as many copies as wanted
 	Above   int // more copies than wanted
 	Missing int // no copy at all, though wanted: the data is unreadable
+	Orphans int // held by some node but referenced by no chunk counted
 }
 
 // Count compares each chunk of chunks with the copies inv knows of. A
 // chunk yielded twice is counted twice. If inv lacks nodes (those Gather
 // reported failing) copies on them are not seen, so Below and Missing are
 // upper bounds and On and Above lower bounds; the caller should say so.
+// Count marks each chunk it counts as referenced in inv (MarkReferenced),
+// and counts the unmarked rest as Orphans.
 func Count(chunks iter.Seq[Chunk], inv *Inventory) Counts {
-	var c Counts
+	c, _ := CountBelow(chunks, inv, 0)
+	return c
+}
+
+// CountBelow is Count, and also returns the first max chunks it found
+// below target, for a caller that wants to check them again (Settle).
+func CountBelow(chunks iter.Seq[Chunk], inv *Inventory, max int) (Counts, []Chunk) {
+	var (
+		c     Counts
+		below []Chunk
+	)
 	for ch := range chunks {
 		c.Chunks++
+		inv.MarkReferenced(ch.ID)
 		n := inv.Copies(ch.ID)
 		switch {
 		case n < ch.Want:
@@ -73,9 +92,50 @@ func Count(chunks iter.Seq[Chunk], inv *Inventory) Counts {
 			if n == 0 {
 				c.Missing++
 			}
+			if len(below) < max {
+				below = append(below, ch)
+			}
 		case n == ch.Want:
 			c.On++
 		default:
+			c.Above++
+		}
+	}
+	c.Orphans = inv.countUnreferenced()
+	return c, below
+}
+
+// Settle recounts the chunks below (as CountBelow returned them from c's
+// count over an earlier Inventory) against the union of their holders in
+// earlier and later, an Inventory gathered after the chunk references were
+// read. A census lists the nodes, then reads the references: a chunk
+// written meanwhile is referenced but was not listed, and a chunk a
+// rebalance moved meanwhile may have been listed on neither node. Both
+// look below target without being so; a second listing sees them. A
+// chunk that is really below target stays so in the union. The chunks are
+// counted again only in Below, Missing, On and Above.
+func Settle(c Counts, below []Chunk, earlier, later *Inventory) Counts {
+	for _, ch := range below {
+		hs := earlier.Holders(ch.ID)
+		for _, h := range later.Holders(ch.ID) {
+			if !slices.Contains(hs, h) {
+				hs = append(hs, h)
+			}
+		}
+		n := len(hs)
+		if n < ch.Want {
+			if n > 0 && earlier.Copies(ch.ID) == 0 {
+				c.Missing--
+			}
+			continue
+		}
+		c.Below--
+		if earlier.Copies(ch.ID) == 0 {
+			c.Missing--
+		}
+		if n == ch.Want {
+			c.On++
+		} else {
 			c.Above++
 		}
 	}
@@ -223,8 +283,13 @@ type Inventory struct {
 // concurrent adds over the shards.
 type invShard struct {
 	mu sync.RWMutex
-	m  map[chunk.ID]uint32 // chunk -> holder set index, never 0
+	m  map[chunk.ID]uint32 // chunk -> holder set index (never 0), maybe with refBit
 }
+
+// refBit, set in a shard map value, marks a chunk as referenced
+// (MarkReferenced); the other bits are the holder set index. It costs no
+// memory: holder set indexes stay far below 2^31.
+const refBit = 1 << 31
 
 func (inv *Inventory) shard(id chunk.ID) *invShard {
 	return &inv.shards[int(id[chunk.IDSize-1])%shards]
@@ -254,13 +319,14 @@ func (inv *Inventory) Add(node string, ids ...chunk.ID) {
 	for _, id := range ids {
 		sh := inv.shard(id)
 		sh.mu.Lock()
-		old := sh.m[id]
+		v := sh.m[id]
+		old := v &^ refBit
 		next, ok := memo[old]
 		if !ok {
 			next = inv.step(old, n, true)
 			memo[old] = next
 		}
-		sh.m[id] = next
+		sh.m[id] = next | v&refBit
 		sh.mu.Unlock()
 	}
 }
@@ -282,7 +348,8 @@ func (inv *Inventory) RemoveNode(node string) {
 	for i := range inv.shards {
 		sh := &inv.shards[i]
 		sh.mu.Lock()
-		for id, old := range sh.m {
+		for id, v := range sh.m {
+			old := v &^ refBit
 			next, ok := memo[old]
 			if !ok {
 				next = inv.step(old, n, false)
@@ -293,7 +360,7 @@ func (inv *Inventory) RemoveNode(node string) {
 			case next == 0:
 				delete(sh.m, id)
 			default:
-				sh.m[id] = next
+				sh.m[id] = next | v&refBit
 			}
 		}
 		sh.mu.Unlock()
@@ -368,7 +435,7 @@ func (inv *Inventory) intern(members []int32) uint32 {
 func (inv *Inventory) holderSet(id chunk.ID) []int32 {
 	sh := inv.shard(id)
 	sh.mu.RLock()
-	s := sh.m[id]
+	s := sh.m[id] &^ refBit
 	sh.mu.RUnlock()
 	if s == 0 {
 		return nil
@@ -395,6 +462,56 @@ func (inv *Inventory) Holders(id chunk.ID) []string {
 	inv.mu.RUnlock()
 	slices.Sort(out)
 	return out
+}
+
+// MarkReferenced marks chunk id, if some node holds it, as referenced by
+// a file, so that Unreferenced leaves it out. Marks survive Add; a chunk
+// RemoveNode forgets loses its mark.
+func (inv *Inventory) MarkReferenced(id chunk.ID) {
+	sh := inv.shard(id)
+	sh.mu.Lock()
+	if v, ok := sh.m[id]; ok {
+		sh.m[id] = v | refBit
+	}
+	sh.mu.Unlock()
+}
+
+// Unreferenced calls fn with every chunk held by some node and not marked
+// referenced, and its holders (sorted), until fn returns false. The order
+// is unspecified. fn must not call the Inventory's methods that change it.
+func (inv *Inventory) Unreferenced(fn func(id chunk.ID, holders []string) bool) {
+	for i := range inv.shards {
+		sh := &inv.shards[i]
+		var ids []chunk.ID
+		sh.mu.RLock()
+		for id, v := range sh.m {
+			if v&refBit == 0 {
+				ids = append(ids, id)
+			}
+		}
+		sh.mu.RUnlock()
+		for _, id := range ids {
+			if !fn(id, inv.Holders(id)) {
+				return
+			}
+		}
+	}
+}
+
+// countUnreferenced is how many chunks held are not marked referenced.
+func (inv *Inventory) countUnreferenced() int {
+	n := 0
+	for i := range inv.shards {
+		sh := &inv.shards[i]
+		sh.mu.RLock()
+		for _, v := range sh.m {
+			if v&refBit == 0 {
+				n++
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	return n
 }
 
 // Nodes returns the nodes the Inventory covers (added and not removed),

@@ -33,32 +33,93 @@ func id(n byte) chunk.ID { return chunk.ID{0: n, 15: n} }
 func chunks(cs ...census.Chunk) iter.Seq[census.Chunk] { return slices.Values(cs) }
 
 func TestCount(t *testing.T) {
-	inv := census.NewInventory()
-	inv.Add("a", id(1), id(2), id(3), id(4))
-	inv.Add("b", id(2), id(3), id(4))
-	inv.Add("c", id(3), id(4), id(9)) // 9: held, not referenced
-	inv.Add("d")                      // answered, holds nothing
+	newInv := func() *census.Inventory {
+		inv := census.NewInventory()
+		inv.Add("a", id(1), id(2), id(3), id(4))
+		inv.Add("b", id(2), id(3), id(4))
+		inv.Add("c", id(3), id(4), id(9)) // 9: held, not referenced
+		inv.Add("d")                      // answered, holds nothing
+		return inv
+	}
 
 	for _, tt := range []struct {
 		name   string
 		chunks []census.Chunk
 		want   census.Counts
 	}{
-		{"none", nil, census.Counts{}},
-		{"one copy of 1", []census.Chunk{{id(1), 1}}, census.Counts{Chunks: 1, On: 1}},
-		{"below", []census.Chunk{{id(1), 2}, {id(2), 3}}, census.Counts{Chunks: 2, Below: 2}},
-		{"above", []census.Chunk{{id(3), 2}, {id(4), 1}}, census.Counts{Chunks: 2, Above: 2}},
-		{"missing is below too", []census.Chunk{{id(5), 2}, {id(2), 2}}, census.Counts{Chunks: 2, Below: 1, On: 1, Missing: 1}},
-		{"want nothing, have nothing", []census.Chunk{{id(6), 0}}, census.Counts{Chunks: 1, On: 1}},
-		{"duplicates count twice", []census.Chunk{{id(5), 1}, {id(5), 1}}, census.Counts{Chunks: 2, Below: 2, Missing: 2}},
+		{"none", nil, census.Counts{Orphans: 5}},
+		{"one copy of 1", []census.Chunk{{id(1), 1}}, census.Counts{Chunks: 1, On: 1, Orphans: 4}},
+		{"below", []census.Chunk{{id(1), 2}, {id(2), 3}}, census.Counts{Chunks: 2, Below: 2, Orphans: 3}},
+		{"above", []census.Chunk{{id(3), 2}, {id(4), 1}}, census.Counts{Chunks: 2, Above: 2, Orphans: 3}},
+		{"missing is below too", []census.Chunk{{id(5), 2}, {id(2), 2}}, census.Counts{Chunks: 2, Below: 1, On: 1, Missing: 1, Orphans: 4}},
+		{"want nothing, have nothing", []census.Chunk{{id(6), 0}}, census.Counts{Chunks: 1, On: 1, Orphans: 5}},
+		{"duplicates count twice", []census.Chunk{{id(5), 1}, {id(5), 1}}, census.Counts{Chunks: 2, Below: 2, Missing: 2, Orphans: 5}},
 		{"mixed", []census.Chunk{{id(1), 2}, {id(2), 2}, {id(3), 2}, {id(4), 3}, {id(7), 3}},
-			census.Counts{Chunks: 5, Below: 2, On: 2, Above: 1, Missing: 1}},
+			census.Counts{Chunks: 5, Below: 2, On: 2, Above: 1, Missing: 1, Orphans: 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := census.Count(chunks(tt.chunks...), inv); got != tt.want {
+			if got := census.Count(chunks(tt.chunks...), newInv()); got != tt.want {
 				t.Fatalf("Count = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestOrphansNotAbove checks that chunks no file refers to are counted as
+// orphans only, never above target, and that marks survive later Adds and
+// are listed by Unreferenced with their holders.
+func TestOrphansNotAbove(t *testing.T) {
+	inv := census.NewInventory()
+	inv.Add("a", id(1), id(8), id(9))
+	inv.Add("b", id(1), id(9))
+	got := census.Count(chunks(census.Chunk{ID: id(1), Want: 2}), inv)
+	if want := (census.Counts{Chunks: 1, On: 1, Orphans: 2}); got != want {
+		t.Fatalf("Count = %+v, want %+v", got, want)
+	}
+	inv.Add("c", id(1), id(9)) // marks survive an Add
+	inv.RemoveNode("a")
+	seen := map[chunk.ID][]string{}
+	inv.Unreferenced(func(c chunk.ID, holders []string) bool {
+		seen[c] = holders
+		return true
+	})
+	if len(seen) != 1 || !slices.Equal(seen[id(9)], []string{"b", "c"}) {
+		t.Fatalf("Unreferenced = %v, want only %v held by b and c", seen, id(9))
+	}
+	if hs := inv.Holders(id(1)); !slices.Equal(hs, []string{"b", "c"}) {
+		t.Fatalf("Holders(1) = %v after marking, want [b c]", hs)
+	}
+}
+
+// TestSettle checks that a second listing clears what a census that
+// listed before reading references miscounts: a chunk written after the
+// first listing, and one moved between nodes during it.
+func TestSettle(t *testing.T) {
+	earlier := census.NewInventory()
+	earlier.Add("a", id(1), id(2)) // 2 moving from b to c: listed on a only
+	earlier.Add("b", id(1))
+	earlier.Add("c", id(4)) // 4: really one copy short
+	refs := chunks(
+		census.Chunk{ID: id(1), Want: 2}, // on target
+		census.Chunk{ID: id(2), Want: 2}, // looks below
+		census.Chunk{ID: id(3), Want: 2}, // written after the first listing: looks missing
+		census.Chunk{ID: id(4), Want: 2}, // below
+		census.Chunk{ID: id(5), Want: 1}, // lost
+	)
+	c, below := census.CountBelow(refs, earlier, 10)
+	if want := (census.Counts{Chunks: 5, Below: 4, On: 1, Missing: 2, Orphans: 0}); c != want {
+		t.Fatalf("CountBelow = %+v, want %+v", c, want)
+	}
+	if len(below) != 4 {
+		t.Fatalf("CountBelow returned %d chunks below, want 4", len(below))
+	}
+	later := census.NewInventory()
+	later.Add("a", id(1), id(2), id(3))
+	later.Add("b", id(1), id(3))
+	later.Add("c", id(2), id(4))
+	got := census.Settle(c, below, earlier, later)
+	if want := (census.Counts{Chunks: 5, Below: 2, On: 3, Missing: 1, Orphans: 0}); got != want {
+		t.Fatalf("Settle = %+v, want %+v", got, want)
 	}
 }
 

@@ -122,8 +122,25 @@
 // The pass reads a moving namespace. A chunk written after the inventory was
 // taken looks missing everywhere (counted as Unavailable, not acted upon); a
 // chunk freed while the pass copies it may be written again to a target and
-// stays there as an orphan for the scrubber. Deletions verify their targets
+// stays there as an orphan, for the orphan collection below. Deletions verify their targets
 // when they run, not when the pass planned them. Chunk IDs are written once
 // and referenced once; should two references name one chunk, the queued item
 // keeps the larger count.
+//
+// # Orphans
+//
+// A chunk no file refers to (an orphan: left by a write that failed after
+// storing it, a delete that missed a node that was down, a copy racing a
+// delete) would stay on disk forever. Each pass marks, while it reads the
+// references, the chunks of its inventory they name; the others are
+// unreferenced. The worker remembers when a pass first found each one so,
+// and deletes it from every node that lists it once a pass whose listing
+// ended at least Config.OrphanGrace later still finds it unreferenced, after
+// a complete read of the references, each deletion fenced like the others.
+// Chunk IDs are never reused and a chunk is stored before the reference to
+// it is committed; the references are read after the listing, by
+// linearizable reads (Chunks.ForEachChunk). So a chunk is deleted only when
+// no reference to it was committed within OrphanGrace of its writing, which
+// no write in progress takes. Progress.Orphans and OrphansDeleted count
+// them.
 package repair

@@ -200,6 +200,7 @@ func (w *Worker) runPass(ctx context.Context, lost func(error), f *fence) (passR
 	if ctx.Err() != nil {
 		return res, ctx.Err()
 	}
+	listed := w.now() // the references are read after this
 	for name, err := range errs {
 		failed[name] = err
 	}
@@ -243,9 +244,14 @@ func (w *Worker) runPass(ctx context.Context, lost func(error), f *fence) (passR
 			p.LastError = errorText(err)
 		}
 	})
+	var orphans []orphan
+	if err == nil {
+		orphans = w.findOrphans(v, inv, listed)
+	}
 	inv = nil // the items hold all the pass needs from here on
 
 	w.execute(ctx, lost, f, v, items)
+	w.collectOrphans(ctx, lost, f, v, orphans)
 	return res, err
 }
 
@@ -271,6 +277,7 @@ func (w *Worker) plan(ctx context.Context, v *view, inv *census.Inventory, delet
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		inv.MarkReferenced(ref.ID) // whatever its inode: not an orphan
 		if !haveLast || ino != lastIno {
 			lastIno, haveLast = ino, true
 			n, err := w.chunks.Copies(ctx, ino)

@@ -22,8 +22,12 @@ import (
 // over etcdmeta.Store. Methods must be safe for concurrent use.
 type Chunks interface {
 	// ForEachChunk calls fn with every chunk reference of every file
-	// (etcdmeta.Store.ForEachChunk). It may reflect no single moment. An
-	// error of fn stops it and is returned.
+	// (etcdmeta.Store.ForEachChunk). It may reflect no single moment, but
+	// every read it makes must be linearizable (or at a revision read
+	// after the call began): a reference that exists when it is called
+	// and is not removed meanwhile must be seen. The orphan collector
+	// deletes chunks it does not see. An error of fn stops it and is
+	// returned.
 	ForEachChunk(ctx context.Context, fn func(ino meta.Ino, ref chunk.Ref) error) error
 	// Copies returns how many copies the inode's chunks want
 	// (meta.Attr.Copies), 0 for the cluster default. An error wrapping
@@ -123,6 +127,11 @@ type Config struct {
 	// the most urgent are kept and a further pass follows at once.
 	// Default 1 << 20.
 	MaxQueue int
+	// OrphanGrace is how long a chunk no file refers to is kept before
+	// it is deleted (see "Orphans" in the package documentation): longer
+	// than any write takes between storing its chunks and committing
+	// them. Default 1 hour; negative turns the collection off.
+	OrphanGrace time.Duration
 }
 
 // DefaultConfig returns the defaults; Name is left empty.
@@ -137,6 +146,7 @@ func DefaultConfig() Config {
 		SessionTTL:    10 * time.Second,
 		ProgressEvery: 5 * time.Second,
 		MaxQueue:      1 << 20,
+		OrphanGrace:   time.Hour,
 	}
 }
 
@@ -169,6 +179,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxQueue == 0 {
 		c.MaxQueue = d.MaxQueue
+	}
+	if c.OrphanGrace == 0 {
+		c.OrphanGrace = d.OrphanGrace
 	}
 	return c
 }
@@ -245,6 +258,11 @@ type Progress struct {
 	// DrainRemaining is, per draining node, how many referenced chunks
 	// it still holds: the count of `wormhole drain`.
 	DrainRemaining map[string]int `json:"drain_remaining,omitempty"`
+	// Orphans counts the chunks listed that no file refers to (set once
+	// the references are read); OrphansDeleted the copies of those unreferenced
+	// for longer than Config.OrphanGrace that the pass deleted.
+	Orphans        int `json:"orphans"`
+	OrphansDeleted int `json:"orphans_deleted"`
 	// LastError is the last error the pass met, if any.
 	LastError string `json:"last_error,omitempty"`
 }
@@ -281,6 +299,10 @@ type Worker struct {
 	// firstDown records when this worker first saw a node down without
 	// a DownSince; only Run's goroutine uses it.
 	firstDown map[string]time.Time
+	// orphans records, for each chunk a pass found unreferenced, the end
+	// of the listing of the first pass that found it so (at most
+	// maxOrphans of them); only Run's goroutine uses it.
+	orphans map[chunk.ID]time.Time
 	// now is the clock (time.Now).
 	now func() time.Time
 }
@@ -308,6 +330,7 @@ func New(cfg Config, cli *clientv3.Client, keyPrefix string, ch Chunks, pl Place
 		thr:       newThrottle(cfg.Bandwidth),
 		kick:      make(chan struct{}, 1),
 		firstDown: map[string]time.Time{},
+		orphans:   map[chunk.ID]time.Time{},
 		now:       time.Now,
 	}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -52,6 +53,14 @@ type options struct {
 	scrubDelay     time.Duration // scrub.delay
 	scrubInterval  time.Duration // scrub.interval
 	critical       string        // postures.critical
+
+	// orphanGrace is repair.orphan_grace: how long a chunk no file
+	// refers to is kept before the repair worker deletes it.
+	orphanGrace time.Duration
+	// smallDisks maps nodes, counted from 1, to the size in bytes of a
+	// tmpfs newCluster mounts as their data directory (lazily unmounted
+	// when the test ends).
+	smallDisks map[int]int64
 }
 
 // cluster is a set of wormhole nodes, one per network namespace.
@@ -80,6 +89,9 @@ func newCluster(t *testing.T, o options) *cluster {
 	c := &cluster{t: t, net: netns.New(t, o.nodes)}
 	for _, h := range c.net.Hosts() {
 		n := &node{c: c, id: fmt.Sprintf("n%d", h.Index), host: h, dir: t.TempDir()}
+		if size, ok := o.smallDisks[h.Index]; ok {
+			mountSmallDisk(t, n.dir, size)
+		}
 		n.config = filepath.Join(t.TempDir(), "wormhole.yaml")
 		if err := os.WriteFile(n.config, []byte(nodeConfig(n, c.net.CIDR(), o)), 0o644); err != nil {
 			t.Fatal(err)
@@ -126,8 +138,11 @@ log:
 // settings o gives, empty when it gives none.
 func healingConfig(o options) string {
 	var b strings.Builder
-	if o.repairGrace > 0 || o.repairInterval > 0 || o.repairRate > 0 {
+	if o.repairGrace > 0 || o.repairInterval > 0 || o.repairRate > 0 || o.orphanGrace > 0 {
 		b.WriteString("repair:\n")
+		if o.orphanGrace > 0 {
+			fmt.Fprintf(&b, "  orphan_grace: %s\n", o.orphanGrace)
+		}
 		if o.repairRate > 0 {
 			fmt.Fprintf(&b, "  bandwidth: %d\n", o.repairRate)
 		}
@@ -308,6 +323,7 @@ type status struct {
 	Posture    string `json:"posture"`
 	AtRisk     string `json:"at_risk"`
 	Advice     string `json:"advice"`
+	Summary    string `json:"summary"`
 	Redundancy struct {
 		Copies int `json:"copies"`
 	} `json:"redundancy"`
@@ -319,6 +335,7 @@ type status struct {
 		On      int      `json:"on"`
 		Above   int      `json:"above"`
 		Missing int      `json:"missing"`
+		Orphans int      `json:"orphans"`
 		Partial []string `json:"partial"`
 		// At is when the census was taken (status reuses one for
 		// seconds).
@@ -350,6 +367,8 @@ type repairProgress struct {
 	BytesCopied    int64          `json:"bytes_copied"`
 	DrainRemaining map[string]int `json:"drain_remaining"`
 	LastError      string         `json:"last_error"`
+	Orphans        int            `json:"orphans"`
+	OrphansDeleted int            `json:"orphans_deleted"`
 }
 
 // states maps node ids to their states.
@@ -608,5 +627,23 @@ func readByHandle(v *nfsc.Target, fh []byte, size int) ([]byte, error) {
 			}
 		}
 		return out, nil
+	})
+}
+
+// mountSmallDisk mounts a tmpfs of size bytes on dir, and unmounts it
+// (lazily: a node may still hold files open) when the test ends.
+func mountSmallDisk(t *testing.T, dir string, size int64) {
+	t.Helper()
+	if size <= 0 {
+		t.Fatalf("small disk of %d bytes", size)
+	}
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "wh-small", dir).CombinedOutput()
+	if err != nil {
+		t.Skipf("cannot mount a tmpfs on %s (needs root): %v: %s", dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v: %s", dir, err, out)
+		}
 	})
 }
