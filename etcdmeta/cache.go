@@ -66,6 +66,13 @@ type attrCache struct {
 	pendingAll int                      // range writes in flight over cached keys
 	gen        uint64                   // counts write beginnings and ends
 	rev        int64
+	// distrust is set when a write failed: etcd may still apply it (a
+	// timed-out request was already proposed), so nothing is cached or
+	// served until a write begun after the failure succeeds, which etcd
+	// orders after it (the embedded member's requests are proposed in
+	// the order they are made).
+	distrust    bool
+	distrustGen uint64
 
 	hits, misses atomic.Uint64
 }
@@ -113,7 +120,7 @@ func (c *attrCache) overlaps(key, end string) bool {
 func (c *attrCache) lookup(keys []string) (es []cacheEntry, rev int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pendingAll > 0 {
+	if c.pendingAll > 0 || c.distrust {
 		c.misses.Add(1)
 		return nil, 0, false
 	}
@@ -144,7 +151,7 @@ func (c *attrCache) fill(gen uint64, key string, kv *mvccpb.KeyValue, rev int64)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rev = max(c.rev, rev)
-	if gen != c.gen || c.pending[key] > 0 || c.pendingAll > 0 {
+	if gen != c.gen || c.pending[key] > 0 || c.pendingAll > 0 || c.distrust {
 		return
 	}
 	e := &cacheEntry{key: key}
@@ -173,10 +180,11 @@ type writes struct {
 
 func (w writes) empty() bool { return len(w.keys) == 0 && !w.ranged }
 
-// begin marks w in flight and evicts what it touches.
-func (c *attrCache) begin(w writes) {
+// begin marks w in flight and evicts what it touches. It returns the
+// write's start, for end.
+func (c *attrCache) begin(w writes) uint64 {
 	if w.empty() {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -189,11 +197,12 @@ func (c *attrCache) begin(w writes) {
 		c.pendingAll++
 		c.clear()
 	}
+	return c.gen
 }
 
-// end marks w done. rev is the revision of etcd's answer, 0 if the write
-// failed (it may still have happened: nothing of it is cached either way).
-func (c *attrCache) end(w writes, rev int64) {
+// end marks w, begun at start, done. rev is the revision of etcd's
+// answer; failed says the write returned an error (it may still happen).
+func (c *attrCache) end(w writes, start uint64, rev int64, failed bool) {
 	if w.empty() {
 		return
 	}
@@ -201,6 +210,13 @@ func (c *attrCache) end(w writes, rev int64) {
 	defer c.mu.Unlock()
 	c.gen++
 	c.rev = max(c.rev, rev)
+	switch {
+	case failed:
+		c.distrust, c.distrustGen = true, c.gen
+		c.clear()
+	case c.distrust && start > c.distrustGen:
+		c.distrust = false
+	}
 	for _, k := range w.keys {
 		if c.pending[k]--; c.pending[k] <= 0 {
 			delete(c.pending, k)
@@ -312,9 +328,9 @@ func (kv *cachedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOpti
 func (kv *cachedKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
 	var w writes
 	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpPut(key, val, opts...)})
-	kv.c.begin(w)
+	start := kv.c.begin(w)
 	resp, err := kv.KV.Put(ctx, key, val, opts...)
-	kv.c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	kv.c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
 	return resp, err
 }
 
@@ -322,9 +338,9 @@ func (kv *cachedKV) Put(ctx context.Context, key, val string, opts ...clientv3.O
 func (kv *cachedKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
 	var w writes
 	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpDelete(key, opts...)})
-	kv.c.begin(w)
+	start := kv.c.begin(w)
 	resp, err := kv.KV.Delete(ctx, key, opts...)
-	kv.c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	kv.c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
 	return resp, err
 }
 
@@ -332,7 +348,7 @@ func (kv *cachedKV) Delete(ctx context.Context, key string, opts ...clientv3.OpO
 func (kv *cachedKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
 	var w writes
 	kv.c.writesOf(&w, []clientv3.Op{op})
-	kv.c.begin(w)
+	start := kv.c.begin(w)
 	resp, err := kv.KV.Do(ctx, op)
 	rev := int64(0)
 	if err == nil {
@@ -348,7 +364,7 @@ func (kv *cachedKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse
 	if isCompacted(err) {
 		kv.c.compacted()
 	}
-	kv.c.end(w, rev)
+	kv.c.end(w, start, rev, err != nil)
 	return resp, err
 }
 
@@ -422,12 +438,12 @@ func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
 		}
 	}
 	gen := c.generation()
-	c.begin(w)
+	start := c.begin(w)
 	resp, err := t.txn.Commit()
 	if isCompacted(err) {
 		c.compacted()
 	}
-	c.end(w, revOf(err, func() int64 { return resp.Header.Revision }))
+	c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
 	if err != nil || !reads {
 		return resp, err
 	}

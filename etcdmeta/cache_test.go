@@ -183,3 +183,43 @@ func TestCacheAfterCompaction(t *testing.T) {
 		}
 	}
 }
+
+// A write that fails may still be applied by etcd later: until a write
+// begun after it succeeds, nothing is answered from the cache.
+func TestCacheDistrustsAfterFailedWrite(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	a, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	getTwice := func() (hits uint64) {
+		t.Helper()
+		before, _, _ := s.CacheStats()
+		for range 2 {
+			if _, err := s.GetAttr(ctx, a.Ino); err != nil {
+				t.Fatal(err)
+			}
+		}
+		after, _, _ := s.CacheStats()
+		return after - before
+	}
+	if h := getTwice(); h == 0 {
+		t.Fatal("no cache hit before the failed write")
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	mode := uint32(0o600)
+	if _, err := s.SetAttr(cancelled, a.Ino, meta.SetAttrArgs{Mode: &mode}); err == nil {
+		t.Fatal("SetAttr with a cancelled context succeeded")
+	}
+	if h := getTwice(); h != 0 {
+		t.Fatalf("%d cache hits after a failed write, want none until a later write succeeds", h)
+	}
+	if _, err := s.SetAttr(ctx, a.Ino, meta.SetAttrArgs{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	if h := getTwice(); h == 0 {
+		t.Fatal("no cache hit after a later write succeeded")
+	}
+}

@@ -253,13 +253,20 @@ func (l *load) write(client int, v *nfsc.Target, f int, via string) bool {
 	call := l.now()
 	err := writeFile(v, l.name(f), loadContent(f, version))
 	ret := l.now()
-	if err != nil {
+	switch {
+	case err != nil && strings.Contains(err.Error(), "NFS3ERR_ROFS") && !strings.HasPrefix(err.Error(), "commit "):
+		// Its CREATE or WRITE refused by a posture: nothing was written,
+		// and it is left out of the history. (A refused COMMIT comes
+		// after a FILE_SYNC WRITE that did happen.)
+	case err != nil:
 		// It may have taken effect: let the checker place it anywhere
 		// after its call, or nowhere.
 		ret = math.MaxInt64
+		fallthrough
+	default:
+		l.record(porcupine.Operation{ClientId: client, Input: loadInput{file: f, write: true, version: version},
+			Call: call, Output: loadOutput{}, Return: ret})
 	}
-	l.record(porcupine.Operation{ClientId: client, Input: loadInput{file: f, write: true, version: version},
-		Call: call, Output: loadOutput{}, Return: ret})
 	l.count(via, true, err == nil, err)
 	return err == nil
 }
@@ -392,7 +399,8 @@ func (l *load) check() {
 	switch res {
 	case porcupine.Ok:
 	case porcupine.Unknown:
-		l.t.Logf("load: linearizability check timed out on %d operations; not checked", len(history))
+		l.t.Errorf("load: the linearizability check of %d operations did not finish within a minute: "+
+			"the history is unchecked", len(history))
 	default:
 		name := strings.ReplaceAll(l.t.Name(), "/", "_")
 		path := filepath.Join(l.targets[0].c.net.LogDir(), "history-"+name+".html")
