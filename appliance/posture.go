@@ -19,12 +19,13 @@ const postureInterval = 5 * time.Second
 // deadline. The quorum counts as lost only once probes have failed for
 // quorumLossAfter in a row, at least quorumLossProbes of them: a single
 // read that misses its deadline (an etcd election, a member resuming
-// after a stall, a loaded machine) must not turn a node read-only for a
-// posture interval. A node cut off from the majority is still found out
-// within about two posture intervals.
+// after a stall, a machine so loaded that etcd answers in seconds) must
+// not turn a node read-only. A node cut off from the majority is found
+// out within about four posture intervals; its writes fail meanwhile
+// anyway, since etcd cannot commit them.
 const (
-	quorumProbeTimeout = 3 * time.Second
-	quorumLossAfter    = 4 * time.Second
+	quorumProbeTimeout = 5 * time.Second
+	quorumLossAfter    = 10 * time.Second
 	quorumLossProbes   = 2
 )
 
