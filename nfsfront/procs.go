@@ -64,6 +64,7 @@ var ownProcs = map[uint32]procFunc{
 	procRead:        (*Server).read,
 	procWrite:       (*Server).write,
 	procFSInfo:      (*Server).fsinfo,
+	procCommit:      (*Server).commit,
 	procReadDir:     (*Server).readdir,
 	procReadDirPlus: (*Server).readdirplus,
 }
@@ -177,7 +178,7 @@ func (s *Server) after(ctx context.Context, w *wcc) {
 		return
 	}
 	a, err := s.handler.fs.ns.GetAttr(ctx, w.pre.Ino)
-	w.post, w.hasPost = a, err == nil
+	w.post, w.hasPost = withPending(s.handler.fs.data, a), err == nil
 }
 
 // sattr is a decoded sattr3.
