@@ -39,6 +39,17 @@
 // and everything gets NFS3ERR_JUKEBOX under freeze (ErrFrozen). MOUNT and
 // the portmapper are always answered.
 //
+// # Locks
+//
+// NLM v4 (nlm.go) and NSM (nsm.go) are served on the NFS port and
+// registered with our portmapper. The lock table is behind the LockTable
+// interface (locks.go): in memory on a single node (nlm_mem.go), in etcd
+// on a cluster. A blocking LOCK that conflicts is answered BLOCKED and
+// remembered (nlm_granted.go): when the lock frees up, the node takes it
+// for the client and calls the client's lockd back with NLM_GRANTED; a
+// client it cannot reach gets the lock at its own retry. SM_NOTIFY from a
+// rebooted client, and FREE_ALL, release its locks.
+//
 // # File handles
 //
 // A handle is version, export, inode, generation and a MAC keyed by the

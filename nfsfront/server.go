@@ -112,6 +112,7 @@ type Server struct {
 
 	mounts mountTable
 	nsm    nsmState
+	grants nlmGrants // blocked NLM requests (nlm_granted.go)
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
