@@ -224,7 +224,7 @@ func (dc *dirtyChunk) end() uint64 {
 	return dc.ext[len(dc.ext)-1].hi()
 }
 
-// relieve brings the table back under its limit after a write to ino,
+// relieve brings the table back under its limit before a write to ino,
 // whose lock the caller holds: ino first, then other files whose lock is
 // free. A failure to commit ino is returned; other files' failures only
 // leave them dirty (their own Commit reports them).

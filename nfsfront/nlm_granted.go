@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
@@ -80,6 +81,10 @@ type nlmWaiter struct {
 	ownPort int    // this server's NFS port, to recognise a callback to itself
 	seen    time.Time
 	granted bool // taken on the client's behalf, not yet confirmed by its LOCK
+	// confirmed is set when the client's own LOCK was granted (the waiter
+	// then leaves the table): a grant pass that took the lock meanwhile
+	// must not release it.
+	confirmed bool
 }
 
 // nlmGrants holds a server's waiters.
@@ -88,7 +93,8 @@ type nlmGrants struct {
 	waiters map[waiterKey]*nlmWaiter
 	looping bool // the retry loop runs
 
-	tryMu sync.Mutex // one grant pass at a time
+	tryMu  sync.Mutex  // one grant pass at a time
+	waking atomic.Bool // a woken grant pass is queued
 
 	// callback sends NLM_GRANTED to w's client and returns its nlm4_stat
 	// answer; nil means (*Server).sendGranted. Tests replace it.
@@ -136,7 +142,10 @@ func (s *Server) nlmBlocked(c call, ino meta.Ino, l Lock, a nlmLockArg, cookie [
 func (s *Server) nlmConfirmed(ino meta.Ino, l Lock) {
 	g := &s.grants
 	g.mu.Lock()
-	delete(g.waiters, keyOf(ino, l))
+	if w, ok := g.waiters[keyOf(ino, l)]; ok {
+		w.confirmed = true
+		delete(g.waiters, w.key)
+	}
 	g.mu.Unlock()
 }
 
@@ -180,8 +189,17 @@ func (s *Server) nlmWake(ino meta.Ino) {
 		}
 	}
 	g.mu.Unlock()
-	if any {
-		go s.tryGrants(s.serveCtx(), ino)
+	// One pass at a time tries every waiter, so a wake that finds a pass
+	// already queued has nothing to add: releases in a burst cost at most
+	// one running and one queued pass, not a goroutine each.
+	if any && g.waking.CompareAndSwap(false, true) {
+		go func() {
+			ctx := s.serveCtx()
+			g.tryMu.Lock()
+			g.waking.Store(false) // wakes from now on queue another pass
+			g.tryMu.Unlock()
+			s.tryGrants(ctx, 0)
+		}()
 	}
 }
 
@@ -206,17 +224,28 @@ func (s *Server) grantLoop() {
 		case <-tick.C:
 		}
 		g.mu.Lock()
+		var abandoned []nlmWaiter
 		for k, w := range g.waiters {
 			if time.Since(w.seen) > waiterTTL {
 				delete(g.waiters, k)
+				if w.granted {
+					// Taken for a client that neither took the callback
+					// nor asked again: it is gone, free the lock.
+					abandoned = append(abandoned, *w)
+				}
 			}
 		}
-		if len(g.waiters) == 0 {
+		empty := len(g.waiters) == 0
+		if empty {
 			g.looping = false
-			g.mu.Unlock()
-			return
 		}
 		g.mu.Unlock()
+		for _, w := range abandoned {
+			s.releaseForWaiter(ctx, w, "abandoned by the client")
+		}
+		if empty {
+			return
+		}
 		s.tryGrants(ctx, 0)
 	}
 }
@@ -228,14 +257,17 @@ func (s *Server) tryGrants(ctx context.Context, ino meta.Ino) {
 	g.tryMu.Lock()
 	defer g.tryMu.Unlock()
 	g.mu.Lock()
-	var todo []nlmWaiter
+	var todo []*nlmWaiter
 	for k, w := range g.waiters {
 		if !w.granted && (ino == 0 || k.ino == ino) {
-			todo = append(todo, *w)
+			todo = append(todo, w)
 		}
 	}
 	g.mu.Unlock()
-	for _, w := range todo {
+	for _, wp := range todo {
+		g.mu.Lock()
+		w := *wp
+		g.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
@@ -251,15 +283,22 @@ func (s *Server) tryGrants(ctx context.Context, ino meta.Ino) {
 		}
 		g.mu.Lock()
 		cur, ok := g.waiters[w.key]
-		if ok && cur.lock == w.lock {
+		mine := ok && cur == wp && cur.lock == w.lock
+		if mine {
 			cur.granted = true
 		}
+		confirmed := wp.confirmed
 		g.mu.Unlock()
-		if !ok || cur.lock != w.lock { // cancelled or changed meanwhile: nobody wants this lock
+		switch {
+		case mine:
+			go s.callBack(ctx, w)
+		case confirmed:
+			// The client's own LOCK got it meanwhile and was answered
+			// GRANTED: the lock is the client's, leave it.
+		default:
+			// Cancelled or changed meanwhile: nobody wants this lock.
 			s.releaseForWaiter(ctx, w, "cancelled while granted")
-			continue
 		}
-		go s.callBack(ctx, w)
 	}
 }
 
@@ -296,6 +335,14 @@ func (s *Server) callBack(ctx context.Context, w nlmWaiter) {
 		}
 	default:
 		log.Msg("nlm: GRANTED callback delivered")
+		// The client holds the lock now and will not ask again.
+		g := &s.grants
+		g.mu.Lock()
+		if cur, ok := g.waiters[w.key]; ok && cur.granted {
+			cur.confirmed = true
+			delete(g.waiters, w.key)
+		}
+		g.mu.Unlock()
 	}
 }
 

@@ -424,6 +424,16 @@ func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr,
 			}
 		}
 	}
+	if (args.Atime != nil || args.Mtime != nil) && a.Type == meta.TypeRegular {
+		// Times the client sets win over writes still in memory: commit
+		// those first, or their commit would stamp its own mtime over
+		// these (cp -p, rsync -t, tar).
+		if wb := s.writeBack(); wb != nil {
+			if _, _, err := wb.Commit(withCopies(ctx, a), a.Ino); err != nil {
+				return err
+			}
+		}
+	}
 	if args != (meta.SetAttrArgs{}) {
 		if _, err := s.handler.fs.ns.SetAttr(ctx, a.Ino, args); err != nil {
 			return err

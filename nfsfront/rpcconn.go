@@ -36,6 +36,13 @@ type rpcConn struct {
 // Config.MaxRecord bytes) in memory.
 const maxInFlight = 16
 
+// maxServerCalls bounds the calls served at once over all connections. A
+// connection that read a record waits for a server-wide slot before
+// reading more, so the memory pinned by calls is at most one record per
+// connection (as when each served one call at a time) plus
+// maxServerCalls records and their replies.
+const maxServerCalls = 128
+
 func (s *Server) newConn(raw net.Conn, o origin) *rpcConn {
 	return &rpcConn{srv: s, raw: raw, o: o, feed: make(chan []byte, 8)}
 }
@@ -122,8 +129,13 @@ func (c *rpcConn) serve(ctx context.Context) {
 			}
 			return
 		}
+		select {
+		case c.srv.callSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		calls.Go(func() {
-			defer func() { <-slots }()
+			defer func() { <-c.srv.callSlots; <-slots }()
 			serveCall(rec)
 		})
 	}
