@@ -38,6 +38,7 @@ type Node struct {
 	lis     *nfsfront.Listeners
 	etcd    *etcdmeta.Embedded
 	store   *chunker.LocalStore
+	files   *chunker.Files
 	nfs     *nfsfront.Server
 	ns      *etcdmeta.Store
 	started time.Time
@@ -195,6 +196,8 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 			n.store, n.badChunk, log.With().Str("component", "scrub").Logger())
 	}
 	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
+	files.SetWriteBack(cfg.Chunks.WriteBack)
+	n.files = files
 
 	exports, err := cfg.NFS.nfsExports()
 	if err != nil {
@@ -294,6 +297,14 @@ func (n *Node) Serve(ctx context.Context) error {
 		if errs[0] = n.nfs.Serve(ctx, n.lis); errs[0] != nil {
 			cancel()
 		}
+		// Writes clients sent UNSTABLE and have not committed yet are
+		// stored before stopping (clients would send them again, after
+		// the restart, but only if they are still there).
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace/2)
+		if err := n.files.CommitAll(cctx); err != nil {
+			n.log.Warn().Err(err).Msg("uncommitted writes not stored at shutdown")
+		}
+		ccancel()
 	})
 	if n.admin != nil {
 		h := n.adminHandler(n.adminToken, n.metrics())

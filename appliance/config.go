@@ -136,6 +136,11 @@ type ChunkConfig struct {
 	// Size is the chunk size in bytes. It is fixed for the life of the
 	// data: changing it on existing data is refused.
 	Size int `koanf:"size" validate:"min=65536,max=67108864"`
+	// WriteBack is how many bytes of data that NFS clients wrote UNSTABLE
+	// (and have not committed yet) a node keeps in memory, counted in
+	// whole chunks; past it, writes commit to make room. 0 makes every
+	// write stable.
+	WriteBack int64 `koanf:"write_back" validate:"min=0,max=17179869184"`
 }
 
 // EtcdConfig configures the embedded etcd member, or the external etcd
@@ -259,7 +264,7 @@ func DefaultConfig() Config {
 			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
-		Chunks:     ChunkConfig{Size: 1 << 20},
+		Chunks:     ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20},
 		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, CacheEntries: 65536, Voters: 3, PeerPort: 2380, ClientPort: 2379},
 		Admin:      AdminConfig{Addr: "127.0.0.1:9470"},
 		Log:        LogConfig{Level: "info", Format: "console"},

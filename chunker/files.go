@@ -85,6 +85,8 @@ type Files struct {
 	// locks are binary semaphores (capacity 1), so that waiting for one
 	// honours the caller's context.
 	locks [lockStripes]chan struct{}
+	// wb holds UNSTABLE writes not yet committed (writeback.go).
+	wb writeBack
 }
 
 // NewFiles returns a Files over the namespace ns and chunk store blobs.
@@ -114,13 +116,19 @@ func (f *Files) lock(ctx context.Context, ino meta.Ino) (func(), error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	c := f.locks[(uint64(ino)*0x9E3779B97F4A7C15)>>56]
+	c := f.stripe(ino)
 	select {
 	case c <- struct{}{}:
 		return func() { <-c }, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// stripe returns the write lock of ino.
+func (f *Files) stripe(ino meta.Ino) chan struct{} {
+	// Fibonacci hashing spreads consecutive inode numbers over stripes.
+	return f.locks[(uint64(ino)*0x9E3779B97F4A7C15)>>56]
 }
 
 // ReadAt reads len(p) bytes of file ino at offset off into p, like
@@ -130,7 +138,9 @@ func (f *Files) lock(ctx context.Context, ino meta.Ino) (func(), error) {
 // verified by the chunk store; a corrupt chunk fails the read with an error
 // wrapping chunk.ErrCorrupt. When the chunk store is a RangeGetter, a read
 // of part of a chunk fetches (and verifies) only that part, so its cost
-// follows len(p), not the chunk size.
+// follows len(p), not the chunk size. Uncommitted writes (WriteUnstable)
+// are read from the write-back table; size should then include them
+// (Pending).
 func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
@@ -144,6 +154,9 @@ func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte,
 	}
 	end := min(start+uint64(len(p)), size)
 	n := int(end - start)
+	// Uncommitted writes are copied first and laid over what the store
+	// gives: if they are committed meanwhile, the store has them too.
+	pending := f.pendingIn(ino, start, end)
 	var err error
 	for range readAttempts {
 		if err = f.readRange(ctx, ino, p[:n], start); !errors.Is(err, chunk.ErrNotFound) {
@@ -154,6 +167,9 @@ func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte,
 	}
 	if err != nil {
 		return 0, err
+	}
+	for _, x := range pending {
+		copy(p[x.lo-start:], x.b)
 	}
 	if n < len(p) {
 		return n, io.EOF
@@ -181,8 +197,11 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 		if lo >= hi {
 			continue // the wanted part lies past the chunk's data: zeros
 		}
-		if rg, ok := f.blobs.(RangeGetter); ok && (lo != cStart || hi != cStart+uint64(ref.Len)) {
-			// Part of the chunk: read and verify only that part.
+		if rg, ok := f.blobs.(RangeGetter); ok {
+			// Read and verify only the wanted part. For a whole chunk
+			// this is one pass over the data (block sums under the
+			// verified header sum) where Get makes two (block sums and
+			// the whole-chunk sum).
 			data, err := rg.GetRange(ctx, ref.ID, int64(lo-cStart), int64(hi-lo))
 			if err != nil {
 				return fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
@@ -203,9 +222,16 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 	return nil
 }
 
-// getChunk fetches the data of ref and checks its length.
+// getChunk fetches the verified data of ref and checks its length. A
+// RangeGetter verifies every byte in one pass over the data.
 func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]byte, error) {
-	data, err := f.blobs.Get(ctx, ref.ID)
+	var data []byte
+	var err error
+	if rg, ok := f.blobs.(RangeGetter); ok {
+		data, err = rg.GetRange(ctx, ref.ID, 0, int64(ref.Len))
+	} else {
+		data, err = f.blobs.Get(ctx, ref.ID)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
 	}
@@ -229,17 +255,18 @@ func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]by
 // hand: int(attr.Copies)), or else the one GetAttr reads, at the cost of a
 // metadata round trip. Truncate does the same for the chunk it rewrites.
 func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
-	if off < 0 {
-		return meta.Attr{}, fmt.Errorf("write inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
-	}
-	if uint64(len(p)) > math.MaxInt64-uint64(off) {
-		return meta.Attr{}, fmt.Errorf("write inode %d at %d: %d bytes would pass the maximum file size: %w", ino, off, len(p), meta.ErrInvalid)
+	if err := checkWriteRange(ino, p, off); err != nil {
+		return meta.Attr{}, err
 	}
 	unlock, err := f.lock(ctx, ino)
 	if err != nil {
 		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
 	}
 	defer unlock()
+	// Uncommitted writes go first, so this one lands on top of them.
+	if _, _, err := f.commitLocked(ctx, ino); err != nil {
+		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
+	}
 	if len(p) > 0 {
 		if ctx, err = f.withCopies(ctx, ino); err != nil {
 			return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
@@ -254,6 +281,18 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 			return attr, err
 		}
 	}
+}
+
+// checkWriteRange refuses a negative offset and a write past the maximum
+// file size.
+func checkWriteRange(ino meta.Ino, p []byte, off int64) error {
+	if off < 0 {
+		return fmt.Errorf("write inode %d at %d: negative offset: %w", ino, off, meta.ErrInvalid)
+	}
+	if uint64(len(p)) > math.MaxInt64-uint64(off) {
+		return fmt.Errorf("write inode %d at %d: %d bytes would pass the maximum file size: %w", ino, off, len(p), meta.ErrInvalid)
+	}
+	return nil
 }
 
 // withCopies returns ctx carrying the copy count for the chunks of ino
@@ -451,6 +490,10 @@ func (f *Files) Truncate(ctx context.Context, ino meta.Ino, oldSize, newSize uin
 		return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
 	}
 	defer unlock()
+	// Uncommitted writes go first, so the truncation cuts them too.
+	if _, _, err := f.commitLocked(ctx, ino); err != nil {
+		return meta.Attr{}, fmt.Errorf("truncate inode %d: %w", ino, err)
+	}
 	for attempt := 1; ; attempt++ {
 		attr, err := f.truncateOnce(ctx, ino, oldSize, newSize)
 		if !raced(err) || attempt == maxConflictRetries {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
@@ -18,9 +19,47 @@ import (
 // clients cap rsize and wsize at 1 MiB anyway.
 const maxIO = 1 << 20
 
-// fileSync is the stable_how that says data and metadata are on stable
-// storage (RFC 1813 3.3.7); the lower values are UNSTABLE and DATA_SYNC.
-const fileSync = 2
+// stable_how (RFC 1813 3.3.7): UNSTABLE lets the server keep the data in
+// memory until COMMIT; DATA_SYNC and FILE_SYNC ask for it (and, for
+// FILE_SYNC, the metadata) on stable storage before the reply.
+const (
+	unstable = 0
+	fileSync = 2
+)
+
+// WriteBack is implemented by a Data that keeps UNSTABLE writes in memory
+// until COMMIT (chunker.Files does). Without it every write is stable.
+type WriteBack interface {
+	// WriteUnstable writes file bytes, durably (stable true, with the new
+	// attributes) or into memory until Commit (stable false).
+	WriteUnstable(ctx context.Context, ino meta.Ino, p []byte, off int64) (attr meta.Attr, stable bool, err error)
+	// Commit makes a file's uncommitted writes durable and returns the
+	// new attributes (ok false: there were none).
+	Commit(ctx context.Context, ino meta.Ino) (attr meta.Attr, ok bool, err error)
+	// Pending reports a file's uncommitted writes: the end of the
+	// furthest and the time of the last.
+	Pending(ino meta.Ino) (size uint64, mtime int64, ok bool)
+}
+
+// writeBack returns the data layer's write-back, or nil.
+func (s *Server) writeBack() WriteBack {
+	wb, _ := s.handler.fs.data.(WriteBack)
+	return wb
+}
+
+// withPending returns a with the uncommitted writes of this node shown:
+// the size they reach and the time of the last one.
+func withPending(data Data, a meta.Attr) meta.Attr {
+	wb, ok := data.(WriteBack)
+	if !ok || a.Type != meta.TypeRegular {
+		return a
+	}
+	if size, mtime, ok := wb.Pending(a.Ino); ok {
+		a.Size = max(a.Size, size)
+		a.Mtime, a.Ctime = max(a.Mtime, mtime), max(a.Ctime, mtime)
+	}
+	return a
+}
 
 func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
 	fh := d.opaque(maxFHSize)
@@ -30,11 +69,17 @@ func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 		return
 	}
 	a, err := s.attrFor(ctx, c, fh)
+	// The reply is sized once, and the data read straight into the place
+	// it takes in the reply: status, post_op_attr, count, eof and the
+	// opaque's length come first (readReplyHead bytes), the data after.
+	want := int(min(count, maxIO))
+	e.b = slices.Grow(e.b, readReplyHead+want+4)
+	dataAt := len(e.b) + readReplyHead
 	var buf []byte
 	var n int
 	eof := false
 	if err == nil {
-		buf, n, eof, err = s.readData(ctx, c, a, off, count)
+		buf, n, eof, err = s.readData(ctx, c, a, off, count, e.b[dataAt:dataAt+want])
 	}
 	e.u32(uint32(statusOf(err)))
 	encodePostOp(e, a, a.Ino != 0)
@@ -43,10 +88,20 @@ func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 	}
 	e.u32(uint32(n))
 	e.bool(eof)
+	// When buf already sits where the opaque's bytes go, this copies it
+	// onto itself (append moves overlapping memory correctly either way).
 	e.opaque(buf[:n])
 }
 
-func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64, count uint32) ([]byte, int, bool, error) {
+// readReplyHead is the size of a successful READ reply's results before
+// the data: status, post_op_attr with attributes (4 + fattr3's 84 bytes),
+// count, eof and the data's length.
+const readReplyHead = 4 + 4 + 84 + 4 + 4 + 4
+
+// readData reads count bytes at off of the file a for caller c, into
+// scratch when it is large enough (else into a new buffer), and returns the
+// buffer, the bytes read and whether they reach the end of the file.
+func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64, count uint32, scratch []byte) ([]byte, int, bool, error) {
 	switch {
 	case a.Type == meta.TypeDir:
 		return nil, 0, false, fmt.Errorf("read directory %d: %w", a.Ino, meta.ErrIsDir)
@@ -63,7 +118,11 @@ func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64,
 	}
 	n := uint64(min(count, maxIO))
 	n = min(n, a.Size-off)
-	buf := make([]byte, n)
+	buf := scratch
+	if uint64(len(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
 	got, err := s.handler.fs.data.ReadAt(withCopies(ctx, a), a.Ino, a.Size, buf, int64(off))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, 0, false, err
@@ -99,11 +158,22 @@ func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncode
 		case off > 1<<62:
 			err = fmt.Errorf("write at %d: %w", off, errFileTooBig)
 		default:
-			w.post, err = s.handler.fs.data.WriteAt(withCopies(ctx, a), a.Ino, data[:count], int64(off))
+			stable := true
+			if wb := s.writeBack(); how == unstable && wb != nil {
+				w.post, stable, err = wb.WriteUnstable(withCopies(ctx, a), a.Ino, data[:count], int64(off))
+				if err == nil && !stable {
+					w.post = withPending(s.handler.fs.data, a)
+				}
+			} else {
+				w.post, err = s.handler.fs.data.WriteAt(withCopies(ctx, a), a.Ino, data[:count], int64(off))
+			}
 			if err == nil {
 				w.post, err = s.dropSetID(ctx, c, w.post)
 			}
 			w.hasPost = err == nil
+			if stable {
+				how = fileSync
+			}
 		}
 	}
 	e.u32(uint32(statusOf(err)))
@@ -111,10 +181,45 @@ func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncode
 	if err != nil {
 		return
 	}
-	// Every write is durable before this reply: chunks fsynced, chunk map
-	// committed in etcd. So the answer is always FILE_SYNC.
+	// A stable write is durable before this reply: chunks fsynced, chunk
+	// map committed in etcd, so it is FILE_SYNC whatever was asked. An
+	// UNSTABLE one is in this node's memory until COMMIT; the verifier
+	// (new on every start) tells the client when it must send it again.
 	e.u32(count)
-	e.u32(fileSync)
+	e.u32(how)
+	e.b = append(e.b, s.verifier[:]...)
+}
+
+// commit serves COMMIT: the file's uncommitted writes (all of them,
+// whatever range is asked) are made durable before the reply.
+func (s *Server) commit(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {
+	fh := d.opaque(maxFHSize)
+	_ = d.u64() // offset
+	_ = d.u32() // count
+	if d.err != nil {
+		return
+	}
+	var w wcc
+	a, err := s.attrFor(ctx, c, fh)
+	if err == nil {
+		w.pre, w.hasPre = a, true
+		w.post, w.hasPost = a, true
+		if wb := s.writeBack(); wb != nil && a.Type == meta.TypeRegular {
+			var done bool
+			w.post, done, err = wb.Commit(withCopies(ctx, a), a.Ino)
+			switch {
+			case err != nil:
+				w.hasPost = false
+			case !done:
+				w.post = a
+			}
+		}
+	}
+	e.u32(uint32(statusOf(err)))
+	w.encode(e)
+	if err != nil {
+		return
+	}
 	e.b = append(e.b, s.verifier[:]...)
 }
 

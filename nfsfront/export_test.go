@@ -202,16 +202,16 @@ func TestRootSquashMapsSupplementaryGroupZero(t *testing.T) {
 
 func TestForwardedProcedureNeedsValidHandle(t *testing.T) {
 	s := exportTestServer(t)
-	// A COMMIT whose handle claims 4 GiB: never handed to go-nfs, which
+	// An FSSTAT (served by go-nfs) whose handle claims 4 GiB: never handed to go-nfs, which
 	// would allocate it.
 	args := binary.BigEndian.AppendUint32(nil, 0xFFFFFFF0)
-	reply, forward := s.dispatch(context.Background(), callRecord(3, progNFS, 3, 21, args), originFrom("10.1.2.3"))
+	reply, forward := s.dispatch(context.Background(), callRecord(3, progNFS, 3, procFSStat, args), originFrom("10.1.2.3"))
 	if forward || len(reply) < 12 || binary.BigEndian.Uint32(reply[8:]) != 1 /* MSG_DENIED */ {
-		t.Fatalf("COMMIT with a bogus handle: forwarded %v, reply %x", forward, reply)
+		t.Fatalf("FSSTAT with a bogus handle: forwarded %v, reply %x", forward, reply)
 	}
 	good := s.handleFor(creds{export: 0}, rootAttr)
-	if _, forward := s.dispatch(context.Background(), callRecord(4, progNFS, 3, 21, opaqueArg(good)), originFrom("10.1.2.3")); !forward {
-		t.Fatal("COMMIT with a valid handle from an admitted client was not forwarded to go-nfs")
+	if _, forward := s.dispatch(context.Background(), callRecord(4, progNFS, 3, procFSStat, opaqueArg(good)), originFrom("10.1.2.3")); !forward {
+		t.Fatal("FSSTAT with a valid handle from an admitted client was not forwarded to go-nfs")
 	}
 }
 

@@ -105,7 +105,7 @@ func (h *handler) attrOf(ctx context.Context, fh []byte) (meta.Attr, Handle, err
 	if a.Gen != hd.Gen {
 		return meta.Attr{}, hd, fmt.Errorf("inode %d generation %d, handle has %d: %w", hd.Ino, a.Gen, hd.Gen, meta.ErrStale)
 	}
-	return a, hd, nil
+	return withPending(h.fs.data, a), hd, nil
 }
 
 // InvalidateHandle is a no-op: handles are stateless.

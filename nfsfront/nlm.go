@@ -19,10 +19,11 @@ import (
 // client address, its caller_name, svid and owner handle. Only the
 // synchronous procedures are served (the Linux client uses no others);
 // the _MSG and _RES variants get PROC_UNAVAIL. A blocking LOCK that
-// conflicts is answered NLM4_BLOCKED and not queued: no NLM_GRANTED
-// callback follows, and the Linux client sends the LOCK again after its
-// 30 s wait (NLMCLNT_POLL_TIMEOUT), so a waiter gets the lock at most
-// about 30 s after it is released. CANCEL therefore has nothing to cancel.
+// conflicts is answered NLM4_BLOCKED and kept: once the lock is free the
+// server takes it for the client and calls it back with NLM_GRANTED
+// (nlm_granted.go). A client the callback does not reach still gets the
+// lock when it sends its LOCK again, which the Linux client does every
+// 30 s (NLMCLNT_POLL_TIMEOUT). CANCEL drops the waiting request.
 // There is no grace period: a server restart loses an in-memory table,
 // and clients are not told (no SM_NOTIFY is sent).
 
@@ -214,32 +215,40 @@ func (s *Server) nlmLock(ctx context.Context, c call, d *xdrDecoder, e *xdrEncod
 		e.u32(stat)
 		return
 	}
-	conflict, err := s.cfg.Locks.Lock(ctx, ino, a.lock(c, exclusive))
+	l := a.lock(c, exclusive)
+	conflict, err := s.cfg.Locks.Lock(ctx, ino, l)
 	switch {
 	case err != nil:
 		s.log.Warn().Err(err).Uint64("ino", uint64(ino)).Msg("nlm: lock")
 		e.u32(nlmStatOf(err))
 	case conflict == nil:
+		s.nlmConfirmed(ino, l)
+		s.nlmWake(ino) // a downgrade may free waiters
 		e.u32(nlm4Granted)
 	case block:
+		s.nlmBlocked(c, ino, l, a, cookie)
 		e.u32(nlm4Blocked)
 	default:
 		e.u32(nlm4Denied)
 	}
 }
 
-// nlmCancel answers CANCEL (nlm4_cancargs → nlm4_res): no request is
-// ever queued, so there is nothing to cancel.
+// nlmCancel answers CANCEL (nlm4_cancargs → nlm4_res): the blocked
+// request is dropped, and its lock released if it was already taken for
+// the client.
 func (s *Server) nlmCancel(ctx context.Context, c call, d *xdrDecoder, e *xdrEncoder) {
 	cookie := d.opaque(maxNetObj)
 	_ = d.bool() // block
-	_ = d.bool() // exclusive
+	exclusive := d.bool()
 	a := decodeNLMLock(d)
 	if d.err != nil {
 		return
 	}
 	e.opaque(cookie)
-	_, stat := s.nlmFile(ctx, c, a.fh)
+	ino, stat := s.nlmFile(ctx, c, a.fh)
+	if stat == nlm4Granted {
+		s.nlmCancelWaiter(ctx, ino, a.lock(c, exclusive))
+	}
 	e.u32(stat)
 }
 
@@ -259,6 +268,8 @@ func (s *Server) nlmUnlock(ctx context.Context, c call, d *xdrDecoder, e *xdrEnc
 	err := s.cfg.Locks.Unlock(ctx, ino, a.lock(c, false))
 	if err != nil {
 		s.log.Warn().Err(err).Uint64("ino", uint64(ino)).Msg("nlm: unlock")
+	} else {
+		s.nlmWake(ino)
 	}
 	e.u32(nlmStatOf(err))
 }
@@ -314,10 +325,12 @@ func (s *Server) releaseClient(ctx context.Context, c call, id ClientID, why str
 		s.log.Info().Str("client", addrString(c.remote)).Str("call", why).Msg("nlm: release from a client no export admits ignored")
 		return
 	}
+	s.nlmDropClient(id)
 	if err := s.cfg.Locks.ReleaseClient(ctx, id); err != nil {
 		s.log.Warn().Err(err).Str("host", id.Host).Str("caller", id.Caller).Str("call", why).Msg("nlm: release client locks")
 		return
 	}
+	s.nlmWake(0)
 	s.log.Info().Str("host", id.Host).Str("caller", id.Caller).Str("call", why).Msg("nlm: released client locks")
 }
 

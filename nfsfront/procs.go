@@ -64,6 +64,7 @@ var ownProcs = map[uint32]procFunc{
 	procRead:        (*Server).read,
 	procWrite:       (*Server).write,
 	procFSInfo:      (*Server).fsinfo,
+	procCommit:      (*Server).commit,
 	procReadDir:     (*Server).readdir,
 	procReadDirPlus: (*Server).readdirplus,
 }
@@ -177,7 +178,7 @@ func (s *Server) after(ctx context.Context, w *wcc) {
 		return
 	}
 	a, err := s.handler.fs.ns.GetAttr(ctx, w.pre.Ino)
-	w.post, w.hasPost = a, err == nil
+	w.post, w.hasPost = withPending(s.handler.fs.data, a), err == nil
 }
 
 // sattr is a decoded sattr3.
@@ -419,6 +420,16 @@ func (s *Server) applySattr(ctx context.Context, c creds, a meta.Attr, sa sattr,
 		}
 		if *sa.size != a.Size {
 			if _, err := s.handler.fs.data.Truncate(withCopies(ctx, a), a.Ino, a.Size, *sa.size); err != nil {
+				return err
+			}
+		}
+	}
+	if (args.Atime != nil || args.Mtime != nil) && a.Type == meta.TypeRegular {
+		// Times the client sets win over writes still in memory: commit
+		// those first, or their commit would stamp its own mtime over
+		// these (cp -p, rsync -t, tar).
+		if wb := s.writeBack(); wb != nil {
+			if _, _, err := wb.Commit(withCopies(ctx, a), a.Ino); err != nil {
 				return err
 			}
 		}

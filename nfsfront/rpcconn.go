@@ -13,12 +13,15 @@ import (
 )
 
 // rpcConn owns one client connection. It reads whole RPC records (joining
-// fragments, refusing oversized ones before allocating), answers what
+// fragments, refusing oversized ones before allocating) and serves up to
+// maxInFlight of them at once, each on a goroutine of its own: what
 // dispatch serves itself (our NFS procedures, MOUNT, the portmapper and
-// every RPC-level refusal), and hands every other record to a go-nfs
-// server bound to this connection through goNFSConn, started on the first
-// such record. Replies from both sides are written as whole records under
-// one lock, so they never interleave on the wire.
+// every RPC-level refusal) is answered as soon as it is done, so replies
+// may leave in any order (clients match them by xid); every other record
+// goes to a go-nfs server bound to this connection through goNFSConn,
+// started on the first such record, which serves them one at a time.
+// Replies from both sides are written as whole records under one lock, so
+// they never interleave on the wire.
 type rpcConn struct {
 	srv  *Server
 	raw  net.Conn
@@ -26,6 +29,19 @@ type rpcConn struct {
 	wmu  sync.Mutex
 	feed chan []byte // records for go-nfs, each with its record mark
 }
+
+// maxInFlight bounds the calls of one connection served at once. The
+// reader waits for a free slot before reading the next record, so one
+// connection holds at most maxInFlight+1 records (each at most
+// Config.MaxRecord bytes) in memory.
+const maxInFlight = 16
+
+// maxServerCalls bounds the calls served at once over all connections. A
+// connection that read a record waits for a server-wide slot before
+// reading more, so the memory pinned by calls is at most one record per
+// connection (as when each served one call at a time) plus
+// maxServerCalls records and their replies.
+const maxServerCalls = 128
 
 func (s *Server) newConn(raw net.Conn, o origin) *rpcConn {
 	return &rpcConn{srv: s, raw: raw, o: o, feed: make(chan []byte, 8)}
@@ -39,19 +55,64 @@ func (c *rpcConn) serve(ctx context.Context) {
 	// context ends with the connection: go-nfs's own per-connection
 	// goroutines wait on it when a reply can no longer be written.
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	var l *oneConnListener
+	var wg sync.WaitGroup    // go-nfs
+	var calls sync.WaitGroup // calls being served
+	var lmu sync.Mutex       // guards l
+	var l *oneConnListener   // go-nfs's listener, once started
+	slots := make(chan struct{}, maxInFlight)
 	defer func() {
 		cancel()
+		// Calls in flight end (their context is cancelled) before the
+		// feed closes: they may still be handing records to go-nfs.
+		calls.Wait()
 		close(c.feed)
+		lmu.Lock()
 		if l != nil {
 			l.Close()
 		}
+		lmu.Unlock()
 		wg.Wait()
 	}()
+	startGoNFS := func() {
+		lmu.Lock()
+		defer lmu.Unlock()
+		if l == nil {
+			l = &oneConnListener{conn: &goNFSConn{Conn: c.raw, c: c}, done: make(chan struct{})}
+			wg.Go(func() { _ = c.srv.newGoNFS(ctx).Serve(l) })
+		}
+	}
+	// serveCall answers one record; a reply that cannot be written ends
+	// the connection (the reader then stops at its next read).
+	serveCall := func(rec []byte) {
+		reply, forward := c.srv.dispatch(ctx, rec, c.o)
+		if !forward {
+			if reply != nil {
+				if err := c.writeRecord(reply); err != nil {
+					_ = c.raw.Close()
+				}
+			}
+			return
+		}
+		startGoNFS()
+		// go-nfs reads a single-fragment record.
+		framed := make([]byte, 4+len(rec))
+		binary.BigEndian.PutUint32(framed, uint32(len(rec))|lastFragment)
+		copy(framed[4:], rec)
+		select {
+		case c.feed <- framed:
+		case <-ctx.Done():
+		}
+	}
 
 	br := bufio.NewReaderSize(c.raw, 64<<10)
 	for {
+		// A free slot first: a client that pipelines more calls than
+		// that waits, with its calls in the socket buffers.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		// An idle client is let go; it reconnects when it has work.
 		if err := c.raw.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout)); err != nil {
 			return
@@ -61,30 +122,22 @@ func (c *rpcConn) serve(ctx context.Context) {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
 				log.Debug().Err(err).Msg("closing connection")
 			}
+			if errors.Is(err, io.EOF) {
+				// The client sent all it will: answer what it sent
+				// (each call is bounded by OpTimeout).
+				calls.Wait()
+			}
 			return
 		}
-		reply, forward := c.srv.dispatch(ctx, rec, c.o)
-		if !forward {
-			if reply != nil {
-				if err := c.writeRecord(reply); err != nil {
-					return
-				}
-			}
-			continue
-		}
-		if l == nil {
-			l = &oneConnListener{conn: &goNFSConn{Conn: c.raw, c: c}, done: make(chan struct{})}
-			wg.Go(func() { _ = c.srv.newGoNFS(ctx).Serve(l) })
-		}
-		// go-nfs reads a single-fragment record.
-		framed := make([]byte, 4+len(rec))
-		binary.BigEndian.PutUint32(framed, uint32(len(rec))|lastFragment)
-		copy(framed[4:], rec)
 		select {
-		case c.feed <- framed:
+		case c.srv.callSlots <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
+		calls.Go(func() {
+			defer func() { <-c.srv.callSlots; <-slots }()
+			serveCall(rec)
+		})
 	}
 }
 

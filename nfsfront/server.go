@@ -112,6 +112,10 @@ type Server struct {
 
 	mounts mountTable
 	nsm    nsmState
+	// callSlots bounds the calls served at once over all connections
+	// (maxServerCalls), and so the records and replies they pin.
+	callSlots chan struct{}
+	grants    nlmGrants // blocked NLM requests (nlm_granted.go)
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
@@ -128,7 +132,7 @@ func New(cfg Config, ns Namespace, data Data, secret []byte, log zerolog.Logger)
 	if _, err := rand.Read(nonce[:]); err != nil {
 		return nil, fmt.Errorf("nfs: random nonce: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, callSlots: make(chan struct{}, maxServerCalls)}
 	// The write verifier changes on every start: a client holding
 	// UNSTABLE data resends it after a server restart.
 	if _, err := rand.Read(s.verifier[:]); err != nil {

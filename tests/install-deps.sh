@@ -1,9 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages the test suites need: qemu and a Debian
 # kernel for the guest that runs the Linux NFS client, busybox and cpio
-# for its initramfs. Idempotent; run as root.
+# for its initramfs; rpcbind and nfs-common, whose rpcbind, rpc.statd and
+# sm-notify (with their libraries) go into the initramfs of the guests that
+# lock files without `nolock` (tests/e2e TestKernelLocks). Idempotent; run
+# as root.
 set -eu
-pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod libnfs-utils"
+pkgs="qemu-system-x86 linux-image-amd64 busybox-static cpio kmod libnfs-utils rpcbind nfs-common"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -84,6 +84,7 @@ Example against nfs-ganesha with its own ports:
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the content and random offsets")
 	f.DurationVar(&o.OpTimeout, "op-timeout", time.Minute, "deadline of each request")
 	f.BoolVar(&o.Keep, "keep", false, "leave the run's directory on the server")
+	f.BoolVar(&o.Unstable, "unstable", false, "send seq-write and rand-write WRITEs UNSTABLE and COMMIT at the end (as a kernel client does), instead of FILE_SYNC")
 	f.StringVar(&o.LocalDir, "local", "", "run on this local directory with os calls instead (reference figures)")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of the table")
 	return cmd

@@ -72,6 +72,13 @@ type Options struct {
 	Seed uint64
 	// OpTimeout bounds every single request. Default 1 minute.
 	OpTimeout time.Duration
+	// Unstable sends the WRITEs of seq-write and rand-write UNSTABLE and
+	// COMMITs the file at the end of the timed part, as a kernel client
+	// does for buffered writes and fsync; small-write stays one FILE_SYNC
+	// WRITE per file (what a kernel client sends when it flushes a file
+	// that fits in one WRITE). The default sends every WRITE FILE_SYNC.
+	// A local directory ignores it.
+	Unstable bool
 	// Keep leaves the run's directory on the target instead of removing
 	// it at the end.
 	Keep bool
@@ -201,6 +208,7 @@ func Run(ctx context.Context, opts Options) (Results, error) {
 		if err != nil {
 			return res, err
 		}
+		t.unstable = o.Unstable
 		dial = t.dial
 		res.Target = fmt.Sprintf("NFSv3 %s (mount %s, export %s)", o.NFSAddr, o.MountAddr, o.Export)
 	}

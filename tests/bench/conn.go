@@ -31,6 +31,12 @@ type conn interface {
 	getattr(ctx context.Context, h handle) (attr, error)
 	// writeAt writes all of p at off, stably (FILE_SYNC or O_DSYNC).
 	writeAt(ctx context.Context, h handle, p []byte, off int64) error
+	// writeBackAt writes all of p at off, UNSTABLE when the run asks for
+	// it (Options.Unstable), else as writeAt.
+	writeBackAt(ctx context.Context, h handle, p []byte, off int64) error
+	// commit makes the writeBackAt writes to h durable (COMMIT, checking
+	// the write verifier did not change).
+	commit(ctx context.Context, h handle) error
 	// readAt fills p from off; a short read is an error.
 	readAt(ctx context.Context, h handle, p []byte, off int64) error
 	listDir(ctx context.Context, dir handle) ([]dirEntry, error)

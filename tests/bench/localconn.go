@@ -92,6 +92,13 @@ func (c *localConn) writeAt(_ context.Context, h handle, p []byte, off int64) er
 	return err
 }
 
+func (c *localConn) writeBackAt(ctx context.Context, h handle, p []byte, off int64) error {
+	return c.writeAt(ctx, h, p, off)
+}
+
+// commit has nothing to do: local writes are O_DSYNC.
+func (c *localConn) commit(context.Context, handle) error { return nil }
+
 func (c *localConn) readAt(_ context.Context, h handle, p []byte, off int64) error {
 	f, err := c.open(h)
 	if err != nil {

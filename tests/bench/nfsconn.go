@@ -26,7 +26,9 @@ const (
 	mountProcUmnt = 3
 
 	createUnchecked = 0
+	stableUnstable  = 0
 	stableFileSync  = 2
+	nfsProcCommit   = 21
 )
 
 // nfsTarget is where and as whom the NFS conns connect.
@@ -38,6 +40,7 @@ type nfsTarget struct {
 	auth      rpc.Auth
 	rootFH    []byte
 	dirMax    uint32 // READDIRPLUS maxcount
+	unstable  bool   // writeBackAt sends UNSTABLE WRITEs
 }
 
 // mountNFS asks the MOUNT service at mountAddr for the export's root handle
@@ -259,7 +262,9 @@ func (r *rpcConn) close() error {
 // nfsConn issues NFSv3 procedures by file handle over one connection.
 type nfsConn struct {
 	*rpcConn
-	t *nfsTarget
+	t       *nfsTarget
+	verf    uint64 // write verifier of the UNSTABLE WRITEs not committed yet
+	hasVerf bool
 }
 
 func (c *nfsConn) root() handle { return handle(c.t.rootFH) }
@@ -394,6 +399,49 @@ func (c *nfsConn) getattr(ctx context.Context, h handle) (attr, error) {
 }
 
 func (c *nfsConn) writeAt(ctx context.Context, h handle, p []byte, off int64) error {
+	return c.write(ctx, h, p, off, stableFileSync)
+}
+
+func (c *nfsConn) writeBackAt(ctx context.Context, h handle, p []byte, off int64) error {
+	if !c.t.unstable {
+		return c.writeAt(ctx, h, p, off)
+	}
+	return c.write(ctx, h, p, off, stableUnstable)
+}
+
+// commit sends COMMIT for the whole file; the verifier must be the one of
+// the UNSTABLE WRITEs (else the server restarted and lost them).
+func (c *nfsConn) commit(ctx context.Context, h handle) error {
+	if !c.t.unstable {
+		return nil
+	}
+	type args struct {
+		rpc.Header
+		FH     []byte
+		Offset uint64
+		Count  uint32
+	}
+	type ok struct {
+		Wcc  nfsc.WccData
+		Verf uint64
+	}
+	res, err := c.nfsCall(ctx, "COMMIT", &args{c.header(nfsProcCommit), []byte(h), 0, 0})
+	if err != nil {
+		return err
+	}
+	var r ok
+	if err := decode(res, "COMMIT", c.addr, &r); err != nil {
+		return err
+	}
+	if c.hasVerf && r.Verf != c.verf {
+		return fmt.Errorf("COMMIT on %s: write verifier changed (server restarted): unstable writes lost", c.addr)
+	}
+	c.hasVerf = false
+	return nil
+}
+
+// write sends WRITEs of p at off with the stable_how given.
+func (c *nfsConn) write(ctx context.Context, h handle, p []byte, off int64, how uint32) error {
 	type args struct {
 		rpc.Header
 		FH       []byte
@@ -409,7 +457,7 @@ func (c *nfsConn) writeAt(ctx context.Context, h handle, p []byte, off int64) er
 		Verf      uint64
 	}
 	for len(p) > 0 {
-		res, err := c.nfsCall(ctx, "WRITE", &args{c.header(nfsc.NFSProc3Write), []byte(h), uint64(off), uint32(len(p)), stableFileSync, p})
+		res, err := c.nfsCall(ctx, "WRITE", &args{c.header(nfsc.NFSProc3Write), []byte(h), uint64(off), uint32(len(p)), how, p})
 		if err != nil {
 			return err
 		}
@@ -417,8 +465,14 @@ func (c *nfsConn) writeAt(ctx context.Context, h handle, p []byte, off int64) er
 		if err := decode(res, "WRITE", c.addr, &r); err != nil {
 			return err
 		}
-		if r.Committed != stableFileSync {
-			return fmt.Errorf("WRITE on %s: asked FILE_SYNC, server committed at level %d", c.addr, r.Committed)
+		if r.Committed < how || r.Committed > stableFileSync {
+			return fmt.Errorf("WRITE on %s: asked stable_how %d, server committed at level %d", c.addr, how, r.Committed)
+		}
+		if r.Committed == stableUnstable {
+			if c.hasVerf && r.Verf != c.verf {
+				return fmt.Errorf("WRITE on %s: write verifier changed (server restarted): unstable writes lost", c.addr)
+			}
+			c.verf, c.hasVerf = r.Verf, true
 		}
 		if r.Count == 0 || int(r.Count) > len(p) {
 			return fmt.Errorf("WRITE on %s: server wrote %d of %d bytes", c.addr, r.Count, len(p))

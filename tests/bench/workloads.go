@@ -71,18 +71,18 @@ func (r *runner) seqWrite(ctx context.Context) (Figure, error) {
 		buf := make([]byte, ioSize)
 		for off := int64(0); off < r.seqSize; off += ioSize {
 			k.fill(buf, off)
-			if err := c.writeAt(ctx, r.seqFiles[i], buf, off); err != nil {
+			if err := c.writeBackAt(ctx, r.seqFiles[i], buf, off); err != nil {
 				return err
 			}
 		}
-		return nil
+		return c.commit(ctx, r.seqFiles[i])
 	})
 	if err != nil {
 		return Figure{}, err
 	}
 	total := r.seqSize * int64(len(r.conns))
 	return Figure{Value: mbps(total, d), Unit: "MB/s", Ops: int(total / ioSize), Bytes: total, Seconds: d.Seconds(),
-		Detail: fmt.Sprintf("%d MiB in 1 MiB requests, %s, %.2f s", total>>20, r.streamsDetail(), d.Seconds())}, nil
+		Detail: fmt.Sprintf("%d MiB in 1 MiB %s requests, %s, %.2f s", total>>20, r.writeKind(), r.streamsDetail(), d.Seconds())}, nil
 }
 
 // seqRead reads each stream's file in 1 MiB READs and verifies every byte.
@@ -161,11 +161,11 @@ func (r *runner) randWrite(ctx context.Context) (Figure, error) {
 		buf := make([]byte, randIOSize)
 		for _, off := range r.randOffsets(uint64(i), 0x3717e, per) {
 			k.fill(buf, off)
-			if err := c.writeAt(ctx, r.seqFiles[i], buf, off); err != nil {
+			if err := c.writeBackAt(ctx, r.seqFiles[i], buf, off); err != nil {
 				return err
 			}
 		}
-		return nil
+		return c.commit(ctx, r.seqFiles[i])
 	})
 	if err != nil {
 		return Figure{}, err
@@ -188,7 +188,15 @@ func (r *runner) randWrite(ctx context.Context) (Figure, error) {
 	}
 	n := per * len(r.conns)
 	return Figure{Value: rate(n, d), Unit: "ops/s", Ops: n, Bytes: int64(n) * randIOSize, Seconds: d.Seconds(),
-		Detail: fmt.Sprintf("%d x 4 KiB stable WRITE, read back and verified, %s, %.2f s", n, r.streamsDetail(), d.Seconds())}, nil
+		Detail: fmt.Sprintf("%d x 4 KiB %s WRITE, read back and verified, %s, %.2f s", n, r.writeKind(), r.streamsDetail(), d.Seconds())}, nil
+}
+
+// writeKind says how seq-write and rand-write send their WRITEs.
+func (r *runner) writeKind() string {
+	if r.o.Unstable && r.o.LocalDir == "" {
+		return "UNSTABLE (+ COMMIT)"
+	}
+	return "stable"
 }
 
 func createName(j int) string { return fmt.Sprintf("f%06d", j) }

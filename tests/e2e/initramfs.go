@@ -29,7 +29,7 @@ var guestModules = []string{
 
 // initramfsFormat changes whenever the layout of the image changes in a way the cache
 // key would not otherwise notice.
-const initramfsFormat = "wormhole-e2e-initramfs-v2"
+const initramfsFormat = "wormhole-e2e-initramfs-v3"
 
 // module is one kernel module to put into the image.
 type module struct {
@@ -175,6 +175,10 @@ ip route add default via 10.0.2.2 || fatal "no default route"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share || fatal "cannot mount the 9p share"
 [ -r /share/config.sh ] || fatal "no /share/config.sh"
 . /share/config.sh
+if [ -r /share/setup.sh ]; then
+	. /share/setup.sh
+	phase setup
+fi
 phase ready
 mkdir -p "$WH_MOUNT_POINT"
 mount -t nfs -o "$WH_MOUNT_OPTS" "$WH_MOUNT_SRC" "$WH_MOUNT_POINT" >/share/mount.out 2>&1
@@ -199,7 +203,8 @@ poweroff -f
 
 // buildInitramfs returns the path of a gzip-compressed initramfs for kernel kver,
 // building it under cacheDir unless an identical one is there already.
-func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string, error) {
+// With daemons set, the image also holds the RPC daemons (see Config.RPCDaemons).
+func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string, daemons bool) (string, error) {
 	if err := checkStatic(busybox); err != nil {
 		return "", err
 	}
@@ -219,6 +224,14 @@ func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string
 	if err != nil {
 		return "", err
 	}
+	prefix := "initramfs-"
+	var extra []hostFile
+	if daemons {
+		prefix = "initramfs-rpc-"
+		if extra, err = rpcDaemonFiles(ctx); err != nil {
+			return "", err
+		}
+	}
 
 	// The key covers everything that goes into the image.
 	h := sha256.New()
@@ -231,7 +244,15 @@ func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string
 		}
 		fmt.Fprintf(h, "%s %s %d %d\n", m.name, m.path, fi.Size(), fi.ModTime().UnixNano())
 	}
-	out := filepath.Join(cacheDir, fmt.Sprintf("initramfs-%s-%s.cpio.gz", kver, hex.EncodeToString(h.Sum(nil))[:12]))
+	fmt.Fprintf(h, "rpc daemons %v\n", daemons)
+	for _, f := range extra {
+		fi, err := os.Stat(f.src)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %s %d %d\n", f.dst, f.src, fi.Size(), fi.ModTime().UnixNano())
+	}
+	out := filepath.Join(cacheDir, fmt.Sprintf("%s%s-%s.cpio.gz", prefix, kver, hex.EncodeToString(h.Sum(nil))[:12]))
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
@@ -260,7 +281,11 @@ func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string
 	cw.file("bin/busybox", 0o755, bbData)
 	cw.file("bin/sh", 0o755|cpioSymlink, []byte("busybox"))
 	cw.file("init", 0o755, script.Bytes())
-	cw.file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/tmp:/bin/sh\n"))
+	passwd := "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/tmp:/bin/sh\n"
+	if daemons {
+		passwd += rpcDaemonUsers
+	}
+	cw.file("etc/passwd", 0o644, []byte(passwd))
 	cw.file("etc/group", 0o644, []byte("root:x:0:\nuser:x:1000:\n"))
 	for _, m := range mods {
 		data, err := readModule(ctx, m.path)
@@ -268,6 +293,11 @@ func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string
 			return "", err
 		}
 		cw.file("lib/modules/"+m.name+".ko", 0o644, data)
+	}
+	if daemons {
+		if err := writeRPCDaemons(cw, extra); err != nil {
+			return "", err
+		}
 	}
 	cw.trailer()
 	if cw.err != nil {
@@ -287,7 +317,7 @@ func buildInitramfs(ctx context.Context, cacheDir, kver, busybox string) (string
 	}
 	// Drop images of older builds for this kernel. A guest booting from one right
 	// now is unaffected: qemu has the file open.
-	stale, _ := filepath.Glob(filepath.Join(cacheDir, "initramfs-"+kver+"-*.cpio.gz"))
+	stale, _ := filepath.Glob(filepath.Join(cacheDir, prefix+kver+"-*.cpio.gz"))
 	for _, f := range stale {
 		if f != out {
 			os.Remove(f)

@@ -51,6 +51,12 @@ type Config struct {
 	// (default $WH_E2E_CACHE, else .cache in the current directory, which for
 	// "go test" is tests/e2e).
 	CacheDir string
+	// RPCDaemons adds the host's rpcbind, rpc.statd and sm-notify, with their
+	// shared libraries and the files they read, to the initramfs (see
+	// RPCDaemonsAvailable). A guest needs them to mount without `nolock`: the
+	// kernel's lockd registers with the local portmapper and asks the local statd
+	// to monitor each server. The /init does not start them; Options.Setup does.
+	RPCDaemons bool
 }
 
 // Guest is a prepared guest: an emulator, a kernel and an initramfs. It is safe to
@@ -67,6 +73,11 @@ type Guest struct {
 func Available(cfg Config) error {
 	if _, err := exec.LookPath(cmp.Or(cfg.QEMU, "qemu-system-x86_64")); err != nil {
 		return fmt.Errorf("no qemu (apt-get install qemu-system-x86): %w", err)
+	}
+	if cfg.RPCDaemons {
+		if err := RPCDaemonsAvailable(); err != nil {
+			return err
+		}
 	}
 	if cfg.Kernel != "" {
 		_, err := os.Stat(cfg.Kernel)
@@ -98,7 +109,7 @@ func NewGuest(ctx context.Context, cfg Config) (*Guest, error) {
 	if cache, err = filepath.Abs(cache); err != nil {
 		return nil, err
 	}
-	initrd, err := buildInitramfs(ctx, cache, kver, cmp.Or(cfg.Busybox, "/bin/busybox"))
+	initrd, err := buildInitramfs(ctx, cache, kver, cmp.Or(cfg.Busybox, "/bin/busybox"), cfg.RPCDaemons)
 	if err != nil {
 		return nil, fmt.Errorf("build initramfs for kernel %s: %w", kver, err)
 	}
@@ -141,6 +152,16 @@ type Options struct {
 	ShareDir string
 	// Console, if set, receives a live copy of the guest console.
 	Console io.Writer
+
+	// Setup is a shell script the guest's /init sources after the network and the
+	// share are up and before mounting (in the same shell, so it may call
+	// `fatal "why"`, and anything it starts keeps running). Empty means none.
+	Setup string
+	// NetNS, if set, runs qemu inside that network namespace (`ip netns exec`), so
+	// that the guest's 10.0.2.2 is the namespace's loopback rather than the host's.
+	// A server there may then take fixed ports, such as 111 for the portmapper,
+	// whatever runs on the host.
+	NetNS string
 }
 
 // Result is what a guest run produced. Exit codes are -1 for steps the guest never
@@ -230,7 +251,13 @@ func (g *Guest) Run(ctx context.Context, opts Options) (Result, error) {
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
 		"-virtfs", "local,path=" + share + ",mount_tag=share,security_model=none,id=s0",
 	}
-	cmd := exec.CommandContext(ctx, g.QEMU, args...)
+	argv := append([]string{g.QEMU}, args...)
+	if opts.NetNS != "" {
+		// `ip netns exec` execs qemu in place: the PID, which a cancelled ctx
+		// kills, is qemu's own.
+		argv = append([]string{"ip", "netns", "exec", opts.NetNS}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = console, console
 	cmd.WaitDelay = 10 * time.Second
 	console.start = time.Now()
@@ -254,7 +281,7 @@ func (g *Guest) Run(ctx context.Context, opts Options) (Result, error) {
 // prepareShare copies the test binary into the share and writes the guest's
 // config.sh.
 func prepareShare(share string, opts Options, timeout time.Duration) error {
-	for _, name := range []string{"mount.out", "mount.rc", "test.out", "test.rc", "umount.out", "umount.rc"} {
+	for _, name := range []string{"mount.out", "mount.rc", "test.out", "test.rc", "umount.out", "umount.rc", "setup.sh"} {
 		if err := os.Remove(filepath.Join(share, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
@@ -301,6 +328,11 @@ func prepareShare(share string, opts Options, timeout time.Duration) error {
 		b.WriteString(" " + shellQuote(a))
 	}
 	b.WriteString("\n")
+	if opts.Setup != "" {
+		if err := os.WriteFile(filepath.Join(share, "setup.sh"), []byte(opts.Setup), 0o644); err != nil {
+			return err
+		}
+	}
 	return os.WriteFile(filepath.Join(share, "config.sh"), []byte(b.String()), 0o644)
 }
 

@@ -52,6 +52,7 @@ func main() {
 	flag.IntVar(&c.opts.ListEntries, "list-entries", 20000, "entries in the listed directory")
 	flag.IntVar(&c.opts.SmallFiles, "small-files", 1000, "4 KiB files written and read back")
 	flag.IntVar(&c.rounds, "rounds", 2, "runs per server, alternating")
+	flag.BoolVar(&c.opts.Unstable, "unstable", false, "seq-write and rand-write send UNSTABLE WRITEs and COMMIT at the end, instead of FILE_SYNC")
 	flag.StringVar(&c.workDir, "workdir", os.TempDir(), "parent of the temporary directory holding all data")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

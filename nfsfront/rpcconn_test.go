@@ -1,0 +1,81 @@
+package nfsfront
+
+import (
+	"context"
+	"encoding/binary"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+)
+
+// slowNS holds GETATTR of inode 7 until release is closed.
+type slowNS struct {
+	rootOnlyNS
+	release chan struct{}
+	waiting atomic.Int32
+}
+
+var slowAttr = meta.Attr{Ino: 7, Type: meta.TypeRegular, Mode: 0o644, Nlink: 1, Gen: 1, Parent: meta.RootIno}
+
+func (n *slowNS) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error) {
+	if ino != slowAttr.Ino {
+		return n.rootOnlyNS.GetAttr(ctx, ino)
+	}
+	n.waiting.Add(1)
+	select {
+	case <-n.release:
+		return slowAttr, nil
+	case <-ctx.Done():
+		return meta.Attr{}, ctx.Err()
+	}
+}
+
+// TestConnectionServesCallsConcurrently pipelines calls on one connection
+// behind one that blocks: they are answered first, each reply a whole
+// record with its own xid, and the blocked call is answered once it can
+// go on.
+func TestConnectionServesCallsConcurrently(t *testing.T) {
+	ns := &slowNS{release: make(chan struct{})}
+	s, err := New(DefaultConfig(), ns, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := startServing(t, s)
+	c := dialRPC(t, ls.Addr().String())
+	defer c.Close()
+
+	slow := opaqueArg(s.handleFor(creds{}, slowAttr))
+	root := opaqueArg(s.handleFor(creds{}, rootAttr))
+	c.send(t, callRecord(100, progNFS, 3, procGetattr, slow))
+	const others = 2 * maxInFlight // more than the connection serves at once
+	for i := range uint32(others) {
+		c.send(t, callRecord(i+1, progNFS, 3, procGetattr, root))
+	}
+	for i := range others {
+		reply, err := c.recv()
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if xid := binary.BigEndian.Uint32(reply); xid == 100 || xid > others {
+			t.Fatalf("reply %d has xid %d before the slow call was let go", i, xid)
+		}
+		if got := nfsStatus(t, reply); got != 0 {
+			t.Fatalf("reply %d: status %d", i, got)
+		}
+	}
+	if ns.waiting.Load() != 1 {
+		t.Fatalf("slow GETATTR started %d times", ns.waiting.Load())
+	}
+	close(ns.release)
+	reply, err := c.recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if xid := binary.BigEndian.Uint32(reply); xid != 100 || nfsStatus(t, reply) != 0 {
+		t.Fatalf("last reply: xid %d, status %d", xid, nfsStatus(t, reply))
+	}
+}
