@@ -181,6 +181,7 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		return nil, err
 	}
 	n.closers = append(n.closers, n.store.Close)
+	n.store.SetOpenCache(cfg.Chunks.OpenFiles, cfg.Chunks.OpenBytes)
 	var (
 		blobs chunker.Blobs = n.store
 		usage usageReporter = n.store

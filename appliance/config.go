@@ -141,6 +141,14 @@ type ChunkConfig struct {
 	// whole chunks; past it, writes commit to make room. 0 makes every
 	// write stable.
 	WriteBack int64 `koanf:"write_back" validate:"min=0,max=17179869184"`
+	// OpenFiles is how many chunk files a node keeps open, with their
+	// verified headers, so that a read of part of a chunk costs one pread
+	// of the 64 KiB blocks it covers (each still verified). 0 turns the
+	// cache off.
+	OpenFiles int `koanf:"open_files" validate:"min=0,max=1048576"`
+	// OpenBytes bounds the memory of those files' headers and block-sum
+	// tables.
+	OpenBytes int64 `koanf:"open_bytes" validate:"min=0,max=4294967296"`
 }
 
 // EtcdConfig configures the embedded etcd member, or the external etcd
@@ -264,7 +272,7 @@ func DefaultConfig() Config {
 			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
-		Chunks:     ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20},
+		Chunks:     ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20, OpenFiles: 1024, OpenBytes: 16 << 20},
 		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, CacheEntries: 65536, Voters: 3, PeerPort: 2380, ClientPort: 2379},
 		Admin:      AdminConfig{Addr: "127.0.0.1:9470"},
 		Log:        LogConfig{Level: "info", Format: "console"},

@@ -65,6 +65,14 @@
 // damaged table cannot vouch for wrong bytes. Put computes the whole-data
 // and block sums in one pass over the data.
 //
+// Range reads keep chunk files open in a bounded LRU cache (SetOpenCache:
+// a number of files and a byte budget for their headers), with the header
+// and block-sum table verified once when the file is opened: a cached range
+// read is one pread of the blocks it overlaps, each verified against its
+// block sum, so a bit flipped on disk after caching is still caught. Put,
+// Delete and Quarantine drop the chunk's entry; local_cache.go has the
+// details.
+//
 // Get checks the magic, version, block size, reserved bytes, that the
 // file is exactly 92+32k+n bytes, the ID, the header sum, every block sum
 // and the whole-data sum. GetRange checks the same header fields, the file

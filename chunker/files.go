@@ -254,6 +254,9 @@ func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]by
 // carries (chunk.WithCopies, set by a caller that has the attributes at
 // hand: int(attr.Copies)), or else the one GetAttr reads, at the cost of a
 // metadata round trip. Truncate does the same for the chunk it rewrites.
+//
+// A size hint in ctx (chunk.WithSizeHint) spares the chunk-map read of a
+// partly written chunk that lies past the file's end; see writeOnce.
 func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
 	if err := checkWriteRange(ino, p, off); err != nil {
 		return meta.Attr{}, err
@@ -264,8 +267,11 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 	}
 	defer unlock()
 	// Uncommitted writes go first, so this one lands on top of them.
-	if _, _, err := f.commitLocked(ctx, ino); err != nil {
+	hint, hinted := chunk.SizeHintFrom(ctx)
+	if ca, committed, err := f.commitLocked(ctx, ino); err != nil {
 		return meta.Attr{}, fmt.Errorf("write inode %d: %w", ino, err)
+	} else if committed {
+		hint, hinted = ca.Size, true // what the commit made: current
 	}
 	if len(p) > 0 {
 		if ctx, err = f.withCopies(ctx, ino); err != nil {
@@ -276,10 +282,11 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 	// are caught by the namespace (ErrConflict) and the write is redone
 	// from the chunk map as it now is.
 	for attempt := 1; ; attempt++ {
-		attr, err := f.writeOnce(ctx, ino, p, off)
+		attr, err := f.writeOnce(ctx, ino, p, off, hint, hinted)
 		if !raced(err) || attempt == maxConflictRetries {
 			return attr, err
 		}
+		hinted = false // the hint may be what was wrong
 	}
 }
 
@@ -325,8 +332,12 @@ func raced(err error) bool {
 // another node changed the same chunk.
 const maxConflictRetries = 16
 
-// writeOnce is one attempt of WriteAt, under the inode's lock.
-func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
+// writeOnce is one attempt of WriteAt, under the inode's lock. When hinted,
+// the partly covered chunks that start at or past hint (the file size the
+// caller saw, chunk.WithSizeHint) are taken to be holes without reading the
+// chunk map; the commit expects them absent, so a wrong hint fails it with
+// ErrConflict.
+func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64, hint uint64, hinted bool) (meta.Attr, error) {
 	var err error
 	if len(p) == 0 {
 		attr, _, err := f.ns.CommitWrite(ctx, ino, nil, nil, 0)
@@ -351,6 +362,9 @@ func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64
 			continue
 		}
 		partials = append(partials, idx)
+		if hinted && idx*cs >= hint {
+			continue // past the end the caller saw: a hole, expected so
+		}
 		refs, err := f.ns.Chunks(ctx, ino, idx, idx)
 		if err != nil {
 			return meta.Attr{}, fmt.Errorf("write inode %d: chunk map [%d]: %w", ino, idx, err)
@@ -403,8 +417,14 @@ func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64
 // merge returns the new content of a chunk whose bytes [lo, hi) are replaced
 // by src: the old chunk's data (if any) with src copied over, zero-filled
 // between the old end and lo. Its length is the higher of the old length and
-// hi.
+// hi. When src covers all the old data from the chunk's start, the old chunk
+// is not read and src itself is returned.
 func (f *Files) merge(ctx context.Context, ino meta.Ino, old chunk.Ref, src []byte, lo, hi uint64) ([]byte, error) {
+	if lo == 0 && hi >= uint64(old.Len) {
+		// The write covers all the old data (or there is none): nothing
+		// to read, verify or copy.
+		return src, nil
+	}
 	var prev []byte
 	if !old.ID.IsZero() && old.Len > 0 {
 		var err error

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync"
 	"syscall"
 
 	"github.com/zeebo/blake3"
@@ -246,18 +247,8 @@ func decodeChunk(id chunk.ID, b []byte) ([]byte, chunk.Sum, error) {
 // chunk.ErrCorrupt; no byte is returned with an error. off and n must not be
 // negative.
 func readRange(r io.ReaderAt, size int64, id chunk.ID, off, n int64) ([]byte, error) {
-	if size > maxFileSize {
-		return nil, fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, size)
-	}
-	pre := make([]byte, min(size, prefixRead))
-	if err := preadFull(r, pre, 0); err != nil {
-		return nil, err
-	}
-	h, err := parseFixed(id, pre)
+	h, pre, err := loadHeader(r, size, id)
 	if err != nil {
-		return nil, err
-	}
-	if err := h.checkFileSize(size); err != nil {
 		return nil, err
 	}
 	if h.version == formatV1 {
@@ -273,25 +264,77 @@ func readRange(r io.ReaderAt, size int64, id chunk.ID, off, n int64) ([]byte, er
 		lo, hi := clampRange(off, n, h.n)
 		return data[lo:hi:hi], nil
 	}
+	return h.readBlocks(r, off, n)
+}
+
+// loadHeader reads and checks the header of chunk id from the chunk file r
+// of size bytes: the fixed part and the file size and, for version 2, the
+// block-sum table under its header sum (h.table is then set). It returns
+// the header and the bytes it read from the start of the file (for version
+// 1, the caller reads the rest). Failures wrap chunk.ErrCorrupt.
+func loadHeader(r io.ReaderAt, size int64, id chunk.ID) (header, []byte, error) {
+	if size > maxFileSize {
+		return header{}, nil, fmt.Errorf("%w: file is %d bytes, larger than any chunk", chunk.ErrCorrupt, size)
+	}
+	pre := make([]byte, min(size, prefixRead))
+	if err := preadFull(r, pre, 0); err != nil {
+		return header{}, nil, err
+	}
+	h, err := parseFixed(id, pre)
+	if err != nil {
+		return header{}, nil, err
+	}
+	if err := h.checkFileSize(size); err != nil {
+		return header{}, nil, err
+	}
+	if h.version == formatV1 {
+		return h, pre, nil
+	}
 	var meta []byte
 	if h.dataOff <= int64(len(pre)) {
-		meta = pre[:h.dataOff]
+		// A copy, so that a header kept in a cache does not pin the
+		// whole prefix buffer.
+		meta = append([]byte(nil), pre[:h.dataOff]...)
 	} else {
 		meta = make([]byte, h.dataOff)
 		copy(meta, pre)
 		if err := preadFull(r, meta[len(pre):], int64(len(pre))); err != nil {
-			return nil, err
+			return header{}, nil, err
 		}
 	}
 	if err := h.checkTable(meta); err != nil {
-		return nil, err
+		return header{}, nil, err
 	}
+	return h, pre, nil
+}
+
+// readBlocks returns bytes [off, off+n) of the data of a version 2 chunk,
+// clamped to its length, from its file r: it reads (one pread) the blocks
+// that overlap the range and verifies each against h's block-sum table,
+// which loadHeader verified. Failures wrap chunk.ErrCorrupt and return no
+// byte.
+func (h *header) readBlocks(r io.ReaderAt, off, n int64) ([]byte, error) {
 	lo, hi := clampRange(off, n, h.n)
 	if lo == hi {
 		return []byte{}, nil
 	}
 	first, last := lo/BlockSize, (hi-1)/BlockSize
 	bStart, bEnd := first*BlockSize, min((last+1)*BlockSize, h.n)
+	if span := bEnd - bStart; span <= scratchSize && hi-lo <= span/2 {
+		// A small range (a 4 KiB READ): the blocks go through a reused
+		// buffer and only the range is copied out, so a read allocates
+		// what it returns, not whole blocks.
+		bp := blockScratch.Get().(*[]byte)
+		defer blockScratch.Put(bp)
+		buf := (*bp)[:span]
+		if err := preadFull(r, buf, h.dataOff+bStart); err != nil {
+			return nil, err
+		}
+		if err := h.checkBlocks(first, buf); err != nil {
+			return nil, err
+		}
+		return append([]byte(nil), buf[lo-bStart:hi-bStart]...), nil
+	}
 	buf := make([]byte, bEnd-bStart)
 	if err := preadFull(r, buf, h.dataOff+bStart); err != nil {
 		return nil, err
@@ -301,6 +344,17 @@ func readRange(r io.ReaderAt, size int64, id chunk.ID, off, n int64) ([]byte, er
 	}
 	return buf[lo-bStart : hi-bStart : hi-bStart], nil
 }
+
+// scratchSize is the size of the buffers of blockScratch: two blocks, what
+// a small range read overlaps at most.
+const scratchSize = 2 * BlockSize
+
+// blockScratch holds buffers of scratchSize bytes in which readBlocks
+// reads and verifies the blocks of small ranges.
+var blockScratch = sync.Pool{New: func() any {
+	b := make([]byte, scratchSize)
+	return &b
+}}
 
 // clampRange returns the part [lo, hi) of [off, off+n) within data of
 // length size; off and n are not negative.

@@ -33,6 +33,9 @@ type LocalStore struct {
 	dir  string
 	root *os.Root
 	log  zerolog.Logger
+	// cache keeps chunk files open with their verified headers for range
+	// reads (local_cache.go).
+	cache openCache
 }
 
 // OpenLocal opens the chunk store in dir, creating the directory and its 256
@@ -51,6 +54,7 @@ func OpenLocal(dir string, log zerolog.Logger) (*LocalStore, error) {
 		return nil, fmt.Errorf("chunk store %s: open directory: %w", dir, err)
 	}
 	s := &LocalStore{dir: dir, root: root, log: log.With().Str("chunk_dir", dir).Logger()}
+	s.cache.setLimits(DefaultOpenFiles, DefaultOpenBytes)
 	if err := s.init(); err != nil {
 		_ = root.Close()
 		return nil, err
@@ -132,9 +136,25 @@ func (s *LocalStore) removeTemps() error {
 	return nil
 }
 
-// Close releases the store's directory handle. The store must not be used
-// afterwards.
+// SetOpenCache bounds the cache of open chunk files that range reads use
+// (see GetRange): at most files files open, holding at most bytes bytes of
+// headers and block-sum tables. 0 for either turns the cache off. OpenLocal
+// starts with DefaultOpenFiles and DefaultOpenBytes.
+func (s *LocalStore) SetOpenCache(files int, bytes int64) {
+	s.cache.setLimits(files, bytes)
+}
+
+// OpenCacheStats reports the range reads that found their chunk file in the
+// open-file cache (hits) and those that opened it (misses), and how many
+// files the cache holds open.
+func (s *LocalStore) OpenCacheStats() (hits, misses uint64, files int) {
+	return s.cache.stats()
+}
+
+// Close closes the cached chunk files and releases the store's directory
+// handle. The store must not be used afterwards.
 func (s *LocalStore) Close() error {
+	s.cache.close()
 	if err := s.root.Close(); err != nil {
 		return fmt.Errorf("chunk store %s: close: %w", s.dir, err)
 	}
@@ -192,6 +212,9 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 		}
 		return chunk.Sum{}, s.putErr(id, "rename", err)
 	}
+	// A file cached open is the one just replaced (same bytes, by the
+	// contract of IDs, but maybe a damaged copy that a repair rewrites).
+	s.cache.drop(id)
 	if err := s.syncDir(sub); err != nil {
 		return chunk.Sum{}, s.putErr(id, "sync directory", err)
 	}
@@ -283,6 +306,12 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 // chunk.ErrNotFound. Corruption outside the blocks read goes unnoticed
 // until a read covers it (Get covers everything). A negative off or n is
 // an error. The caller may modify the returned slice.
+//
+// The file stays open in the store's open-file cache (SetOpenCache) with
+// its verified header and table, so the next range read of the chunk costs
+// only the pread of its blocks and their verification; damage to the
+// header or table of a cached file is noticed when the file is opened
+// again, damage to data blocks on the read that covers them.
 func (s *LocalStore) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s range: %w", s.dir, id, err)
@@ -290,24 +319,66 @@ func (s *LocalStore) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([
 	if off < 0 || n < 0 {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, n, off)
 	}
-	_, rel := relPath(id)
-	f, size, err := s.openChunk(rel)
+	data, err := s.readRangeCached(id, off, n)
+	if err == nil {
+		return data, nil
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
-	}
-	var data []byte
-	if err == nil {
-		data, err = readRange(f, size, id, off, n)
-		_ = f.Close() // read-only: nothing to lose
-		if err == nil {
-			return data, nil
-		}
 	}
 	if !errors.Is(err, chunk.ErrCorrupt) {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
 	}
 	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Int64("off", off).Int64("len", n).Msg("corrupt chunk")
 	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
+}
+
+// readRangeCached reads bytes [off, off+n) of chunk id as readRange does,
+// through the open-file cache: a cached file costs one pread of the blocks
+// the range overlaps and their verification; a file not cached is opened,
+// its header verified, and (version 2) added to the cache. A chunk found
+// corrupt is dropped from the cache. A missing chunk is fs.ErrNotExist.
+func (s *LocalStore) readRangeCached(id chunk.ID, off, n int64) ([]byte, error) {
+	hit, slot := s.cache.acquire(id)
+	if hit != nil {
+		data, err := hit.h.readBlocks(hit.f, off, n)
+		s.cache.release(hit)
+		if err != nil {
+			s.cache.drop(id)
+		}
+		return data, err
+	}
+	_, rel := relPath(id)
+	f, size, err := s.openChunk(rel)
+	if err != nil {
+		if slot != nil {
+			s.cache.abandon(slot)
+		}
+		return nil, err
+	}
+	h, _, err := loadHeader(f, size, id)
+	if err == nil && h.version == formatV2 {
+		if slot != nil && s.cache.add(slot, f, h) {
+			data, err := h.readBlocks(f, off, n)
+			s.cache.release(slot)
+			if err != nil {
+				s.cache.drop(id)
+			}
+			return data, err
+		}
+		data, err := h.readBlocks(f, off, n)
+		_ = f.Close() // read-only: nothing to lose
+		return data, err
+	}
+	if slot != nil {
+		s.cache.abandon(slot)
+	}
+	defer func() { _ = f.Close() }() // read-only: nothing to lose
+	if err != nil {
+		return nil, err
+	}
+	// Version 1: one checksum over all the data, read whole.
+	return readRange(f, size, id, off, n)
 }
 
 // openChunk opens the chunk file rel for reading and returns it with its
@@ -363,7 +434,9 @@ func (s *LocalStore) Delete(ctx context.Context, id chunk.ID) error {
 		return fmt.Errorf("chunk store %s: delete chunk %s: %w", s.dir, id, err)
 	}
 	_, rel := relPath(id)
-	if err := s.root.Remove(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := s.root.Remove(rel)
+	s.cache.drop(id)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("chunk store %s: delete chunk %s: %w", s.dir, id, err)
 	}
 	return nil

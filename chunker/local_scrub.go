@@ -81,7 +81,9 @@ func (s *LocalStore) Quarantine(ctx context.Context, id chunk.ID) error {
 	if err != nil {
 		return fmt.Errorf("chunk store %s: quarantine chunk %s: %w", s.dir, id, err)
 	}
-	if err := s.root.Rename(rel, dst); errors.Is(err, fs.ErrNotExist) {
+	err = s.root.Rename(rel, dst)
+	s.cache.drop(id)
+	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("chunk store %s: quarantine chunk %s: %w", s.dir, id, chunk.ErrNotFound)
 	} else if err != nil {
 		return fmt.Errorf("chunk store %s: quarantine chunk %s: %w", s.dir, id, err)

@@ -99,3 +99,24 @@ func CopiesFrom(ctx context.Context) (n int, ok bool) {
 	n, ok = ctx.Value(copiesKey{}).(int)
 	return n, ok
 }
+
+// sizeHintKey is the context key of WithSizeHint.
+type sizeHintKey struct{}
+
+// WithSizeHint returns a context that tells the file layer the size the
+// caller last saw of the file it writes (meta.Attr.Size, with this node's
+// uncommitted writes). A write then takes the chunks that start at or past
+// that size to be holes without reading the chunk map, which spares a
+// metadata read for a write to a new or growing file. The hint may be
+// stale: the write's commit expects those chunks absent (meta.Expect), and
+// a write that finds one is redone from the chunk map.
+func WithSizeHint(ctx context.Context, size uint64) context.Context {
+	return context.WithValue(ctx, sizeHintKey{}, size)
+}
+
+// SizeHintFrom returns the size WithSizeHint put in ctx; ok is false if it
+// holds none.
+func SizeHintFrom(ctx context.Context) (size uint64, ok bool) {
+	size, ok = ctx.Value(sizeHintKey{}).(uint64)
+	return size, ok
+}
