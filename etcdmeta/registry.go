@@ -203,10 +203,16 @@ const ChunkRefPage = 1000
 // file in inode order, reading them a page at a time. It reflects no
 // single moment: files changed meanwhile may be seen before or after.
 func (s *Store) ForEachChunk(ctx context.Context, fn func(ino meta.Ino, ref chunk.Ref) error) error {
+	return s.scanChunks(ctx, fn, clientv3.WithSerializable())
+}
+
+// scanChunks calls fn with every chunk reference, page by page, each page
+// read with opts.
+func (s *Store) scanChunks(ctx context.Context, fn func(ino meta.Ino, ref chunk.Ref) error, opts ...clientv3.OpOption) error {
 	start, end := s.keys.chunkRoot(), prefixEnd(s.keys.chunkRoot())
 	for {
-		resp, err := s.kv.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(ChunkRefPage),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithSerializable())
+		resp, err := s.kv.Get(ctx, start, append([]clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ChunkRefPage),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}, opts...)...)
 		if err != nil {
 			return etcdErr("scan chunk references", err)
 		}
