@@ -13,6 +13,17 @@ for p in $pkgs; do
 done
 if [ -n "$missing" ]; then
 	export DEBIAN_FRONTEND=noninteractive
+	# rpcbind's and nfs-common's packages start their daemons where an
+	# init system runs; the host must keep port 111 free (the plain-mount
+	# test binds it), and only the guests run these daemons. A
+	# policy-rc.d that says no, for the length of the install, unless the
+	# machine already has one.
+	policy=/usr/sbin/policy-rc.d
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends $missing
 fi
