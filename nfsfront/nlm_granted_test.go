@@ -254,3 +254,79 @@ func TestNLMGrantedDroppedOnNotify(t *testing.T) {
 		t.Errorf("lock taken for a client that restarted")
 	}
 }
+
+// gatedLocks holds up the first Lock of svid once armed, until released:
+// it lets a test interleave a grant pass with a client's own LOCK.
+type gatedLocks struct {
+	LockTable
+	svid     int32
+	mu       sync.Mutex
+	armed    bool
+	entered  chan struct{}
+	released chan struct{}
+}
+
+func (g *gatedLocks) Lock(ctx context.Context, ino meta.Ino, l Lock) (*Lock, error) {
+	g.mu.Lock()
+	hold := g.armed && l.Owner.Svid == g.svid
+	if hold {
+		g.armed = false
+	}
+	g.mu.Unlock()
+	if hold {
+		close(g.entered)
+		<-g.released
+	}
+	return g.LockTable.Lock(ctx, ino, l)
+}
+
+// A grant pass that takes a lock for a waiter whose own LOCK was granted
+// meanwhile (the client's re-poll) must leave the lock to the client, not
+// release it as if the waiter had cancelled.
+func TestNLMGrantPassRacingClientLock(t *testing.T) {
+	s, locks := newLockTestServer(t)
+	g := &gatedLocks{LockTable: s.cfg.Locks, svid: 2, entered: make(chan struct{}), released: make(chan struct{})}
+	s.cfg.Locks = g
+	s.grants.callback = func(context.Context, nlmWaiter) (uint32, error) { return nlm4Granted, nil }
+	fh := s.handleFor(creds{export: 0}, rootAttr)
+	a := &lockClient{t: t, s: s, o: lockOrigin("10.1.2.3", false)}
+	b := &lockClient{t: t, s: s, o: lockOrigin("10.1.2.4", false)}
+	la := nlmLockSpec{caller: "alpha", fh: fh, oh: "1@alpha", svid: 1}
+	lb := nlmLockSpec{caller: "beta", fh: fh, oh: "2@beta", svid: 2}
+	a.stat(nlmProcLock, nlmLockArgs("ck", false, true, la))
+	if st := b.stat(nlmProcLock, nlmLockArgs("ck", true, true, lb)); st != nlm4Blocked {
+		t.Fatalf("blocking LOCK b: %d", st)
+	}
+	// a's lock goes away behind the server's back (another node), and a
+	// grant pass starts: it stops inside its Lock for b.
+	aLock := nlmLockArg{caller: "alpha", oh: []byte("1@alpha"), svid: 1}.lock(call{origin: a.o}, true)
+	if err := locks.Unlock(context.Background(), meta.RootIno, aLock); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	g.armed = true
+	g.mu.Unlock()
+	pass := make(chan struct{})
+	go func() {
+		defer close(pass)
+		s.tryGrants(context.Background(), 0)
+	}()
+	select {
+	case <-g.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the grant pass never tried to lock for b")
+	}
+	// Meanwhile b's re-poll is granted.
+	if st := b.stat(nlmProcLock, nlmLockArgs("ck", true, true, lb)); st != nlm4Granted {
+		t.Fatalf("b's LOCK again: %d", st)
+	}
+	close(g.released)
+	select {
+	case <-pass:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the grant pass did not end")
+	}
+	if !holds(locks, 2) {
+		t.Errorf("b was answered GRANTED but no longer holds the lock: %v", locks.locks(meta.RootIno))
+	}
+}
