@@ -132,3 +132,31 @@ func TestFilesWriteToGoneInode(t *testing.T) {
 	}
 	checkPuts(t, blobs, 0, 0)
 }
+
+// A write that finds the write-back table over its limit commits other
+// files to make room; each is stored with its own redundancy, not that of
+// the file being written.
+func TestWriteBackReliefKeepsEachFilesCopies(t *testing.T) {
+	ctx := t.Context()
+	blobs := &copiesBlobs{Blobs: openTestStore(t)}
+	ns := chunkertest.NewNamespace()
+	f := NewFiles(ns, blobs, testChunkSize, testLogger(t))
+	f.SetWriteBack(2 * testChunkSize)
+	const three, one = meta.Ino(5), meta.Ino(6)
+	ns.SetCopies(three, 3)
+	ns.SetCopies(one, 1)
+	// Three chunks of the 3-copy file fill the table past its limit.
+	if _, stable, err := f.WriteUnstable(ctx, three, make([]byte, 2*testChunkSize+1), 0); err != nil || stable {
+		t.Fatalf("WriteUnstable: stable %v, %v", stable, err)
+	}
+	checkPuts(t, blobs, 0, 0)
+	// A write to the 1-copy file makes room by committing the other.
+	if _, _, err := f.WriteUnstable(ctx, one, []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPuts(t, blobs, 3, 3)
+	if _, ok, err := f.Commit(ctx, one); err != nil || !ok {
+		t.Fatalf("Commit of the 1-copy file: %v, %v", ok, err)
+	}
+	checkPuts(t, blobs, 1, 1)
+}

@@ -120,11 +120,14 @@ func (f *Files) WriteUnstable(ctx context.Context, ino meta.Ino, p []byte, off i
 	if ctx, err = f.withCopies(ctx, ino); err != nil {
 		return meta.Attr{}, false, fmt.Errorf("write inode %d: %w", ino, err)
 	}
-	copies, _ := chunk.CopiesFrom(ctx)
-	f.buffer(ino, copies, p, uint64(off))
+	// Make room before taking the bytes: when commits keep failing (etcd
+	// away, disks full), writes fail here instead of growing the table
+	// past its limit. Concurrent writers may each overshoot by one write.
 	if err := f.relieve(ctx, ino); err != nil {
 		return meta.Attr{}, false, err
 	}
+	copies, _ := chunk.CopiesFrom(ctx)
+	f.buffer(ino, copies, p, uint64(off))
 	return meta.Attr{}, false, nil
 }
 
@@ -305,7 +308,10 @@ func (f *Files) commitLocked(ctx context.Context, ino meta.Ino) (meta.Attr, bool
 	idxs := slices.Sorted(maps.Keys(df.chunks))
 	copies, size := df.copies, df.size
 	df.mu.Unlock()
-	if _, ok := chunk.CopiesFrom(ctx); !ok {
+	if _, ok := chunk.CopiesFrom(ctx); !ok || copies > 0 {
+		// The file's own redundancy, even when ctx carries another's: a
+		// commit that frees memory runs under the context of a write to
+		// some other file.
 		ctx = chunk.WithCopies(ctx, copies)
 	}
 	var attr meta.Attr
@@ -331,6 +337,9 @@ func (f *Files) commitBatch(ctx context.Context, ino meta.Ino, df *dirtyFile, id
 	for attempt := 1; ; attempt++ {
 		refs, expect, err := f.storeDirty(ctx, ino, df, idxs)
 		if err != nil {
+			if raced(err) && attempt < maxConflictRetries {
+				continue // a chunk merged onto was replaced and deleted meanwhile
+			}
 			return meta.Attr{}, err
 		}
 		attr, freed, err := f.ns.CommitWrite(ctx, ino, refs, expect, size)
