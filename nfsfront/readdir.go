@@ -39,7 +39,10 @@ type dirEntry struct {
 
 // listPage reads the entries of dir after the cookie, up to fit(entry)
 // returning false, and gives them cookies. eof reports the end.
-func (s *Server) listPage(ctx context.Context, dir meta.Attr, cookie uint64, fit func(name string) bool) (dots int, ents []dirEntry, eof bool, err error) {
+//
+// room is the most entries the reply could hold were every name one byte
+// long: only that many are read from the namespace.
+func (s *Server) listPage(ctx context.Context, dir meta.Attr, cookie uint64, room uint32, fit func(name string) bool) (dots int, ents []dirEntry, eof bool, err error) {
 	switch cookie {
 	case 0:
 		dots = 2
@@ -51,11 +54,12 @@ func (s *Server) listPage(ctx context.Context, dir meta.Attr, cookie uint64, fit
 			return 0, nil, false, fmt.Errorf("readdir reply too small for %q: %w", name, errTooSmall)
 		}
 	}
-	raw, err := s.handler.fs.ns.ReadDir(ctx, dir.Ino, cookie, readdirBatch)
+	limit := int(min(room+1, readdirBatch))
+	raw, err := s.handler.fs.ns.ReadDir(ctx, dir.Ino, cookie, limit)
 	if err != nil {
 		return 0, nil, false, err
 	}
-	eof = len(raw) < readdirBatch
+	eof = len(raw) < limit
 	for i, e := range raw {
 		if fit(e.Name) {
 			continue
@@ -126,7 +130,7 @@ func (s *Server) readdir(ctx context.Context, c creds, d *xdrDecoder, e *xdrEnco
 	if err == nil {
 		// status, post_op_attr, verifier, list end, eof
 		used := uint32(4 + 88 + 8 + 4 + 4)
-		dots, ents, eof, err = s.listPage(ctx, dir, a.cookie, func(name string) bool {
+		dots, ents, eof, err = s.listPage(ctx, dir, a.cookie, a.replMax/(4+8+8+8), func(name string) bool {
 			n := 4 + 8 + xdrLen(name) + 8 // value_follows, fileid, name, cookie
 			if used+n > a.replMax {
 				return false
@@ -178,7 +182,9 @@ func (s *Server) readdirplus(ctx context.Context, c creds, d *xdrDecoder, e *xdr
 	if err == nil {
 		dirUsed := uint32(0)
 		used := uint32(4 + 88 + 8 + 4 + 4)
-		dots, ents, eof, err = s.listPage(ctx, dir, a.cookie, func(name string) bool {
+		// A one-byte name takes 8 bytes of XDR, so an entry at least 24 of
+		// dircount.
+		dots, ents, eof, err = s.listPage(ctx, dir, a.cookie, a.dirMax/(8+8+8), func(name string) bool {
 			dn := 8 + xdrLen(name) + 8                      // fileid, name, cookie
 			n := 4 + dn + 4 + 84 + 4 + 4 + (handleLen+3)&^3 // + attrs and handle
 			if dirUsed+dn > a.dirMax || used+n > a.replMax {
