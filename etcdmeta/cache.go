@@ -47,24 +47,35 @@ func (s *Store) CacheStats() (hits, misses uint64, entries int) {
 //
 //   - A key with a write in flight (begun, not ended) is never served: it
 //     was evicted when the write began, and reads of it go to etcd.
+//
 //   - A value read from etcd is kept only if no write began or ended
 //     since the read was issued (gen unchanged) and the key is not being
 //     written: otherwise the value may predate a write already answered.
 //
-// So a cached key has had no write begin since its value was read, and
-// its value is the one etcd holds now. rev is the highest revision seen
+//   - A write's own values are kept when it succeeded, nothing is
+//     distrusted, and no other write of the same key (nor any range
+//     write) was in flight at the same time: then no write of the key
+//     can be ordered after it in etcd.
+//
+// So a cached key has had no write begin since its value was read (or
+// written), and its value is the one etcd holds now. rev is the highest revision seen
 // in any answer from etcd: every cached value is current at rev, which is
 // the revision a read served from the cache reports.
 type attrCache struct {
 	prefixes []string
 	max      int
 
-	mu         sync.Mutex
-	entries    map[string]*list.Element // of *cacheEntry
-	lru        list.List                // most recently used first
-	pending    map[string]int           // writes in flight per key
-	pendingAll int                      // range writes in flight over cached keys
-	gen        uint64                   // counts write beginnings and ends
+	mu      sync.Mutex
+	entries map[string]*list.Element // of *cacheEntry
+	lru     list.List                // most recently used first
+	pending map[string]int           // writes in flight per key
+	// overlapped holds the pending keys that two writes had in flight
+	// at once: etcd may order them either way, so neither's value is
+	// kept. A key leaves it when its last write ends.
+	overlapped map[string]bool
+	rangedGen  uint64 // gen at the last begin or end of a range write
+	pendingAll int    // range writes in flight over cached keys
+	gen        uint64 // counts write beginnings and ends
 	rev        int64
 	// distrust is set when a write failed: etcd may still apply it (a
 	// timed-out request was already proposed), so nothing is cached or
@@ -85,7 +96,7 @@ type cacheEntry struct {
 }
 
 func newAttrCache(max int, prefixes ...string) *attrCache {
-	return &attrCache{prefixes: prefixes, max: max, entries: map[string]*list.Element{}, pending: map[string]int{}}
+	return &attrCache{prefixes: prefixes, max: max, entries: map[string]*list.Element{}, pending: map[string]int{}, overlapped: map[string]bool{}}
 }
 
 func (c *attrCache) len() int {
@@ -116,11 +127,15 @@ func (c *attrCache) overlaps(key, end string) bool {
 }
 
 // lookup returns the cached entries of keys and the revision they are
-// current at, or ok false if any is missing or being written.
-func (c *attrCache) lookup(keys []string) (es []cacheEntry, rev int64, ok bool) {
+// current at, or ok false if any is missing or being written. at, when
+// not zero, asks for the values at that past revision instead: an entry
+// answers for it when its value was already there at at (a present value
+// written at or before it, or an absence when at is the current
+// revision).
+func (c *attrCache) lookup(keys []string, at int64) (es []cacheEntry, rev int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pendingAll > 0 || c.distrust {
+	if c.pendingAll > 0 || c.distrust || at > c.rev {
 		c.misses.Add(1)
 		return nil, 0, false
 	}
@@ -131,10 +146,18 @@ func (c *attrCache) lookup(keys []string) (es []cacheEntry, rev int64, ok bool) 
 			c.misses.Add(1)
 			return nil, 0, false
 		}
+		e := el.Value.(*cacheEntry)
+		if at != 0 && at != c.rev && (e.val == nil || e.modRev > at) {
+			c.misses.Add(1)
+			return nil, 0, false
+		}
 		c.lru.MoveToFront(el)
-		es[i] = *el.Value.(*cacheEntry)
+		es[i] = *e
 	}
 	c.hits.Add(1)
+	if at != 0 {
+		return es, at, true
+	}
 	return es, c.rev, true
 }
 
@@ -158,12 +181,18 @@ func (c *attrCache) fill(gen uint64, key string, kv *mvccpb.KeyValue, rev int64)
 	if kv != nil {
 		e.val, e.modRev = kv.Value, kv.ModRevision
 	}
-	if el, found := c.entries[key]; found {
+	c.insert(e)
+}
+
+// insert keeps e as its key's entry, evicting the least recently used
+// beyond the limit.
+func (c *attrCache) insert(e *cacheEntry) {
+	if el, found := c.entries[e.key]; found {
 		el.Value = e
 		c.lru.MoveToFront(el)
 		return
 	}
-	c.entries[key] = c.lru.PushFront(e)
+	c.entries[e.key] = c.lru.PushFront(e)
 	for len(c.entries) > c.max {
 		old := c.lru.Back()
 		c.lru.Remove(old)
@@ -172,10 +201,14 @@ func (c *attrCache) fill(gen uint64, key string, kv *mvccpb.KeyValue, rev int64)
 }
 
 // writes is what one write touches: keys and ranges under cached
-// prefixes.
+// prefixes, and the values it leaves on those keys when they are known
+// (plain puts and deletes of single keys, in a branch known to run).
 type writes struct {
 	keys   []string
 	ranged bool
+	// vals are the values the write leaves, by key (nil val: deleted);
+	// nil when they are not all known.
+	vals map[string][]byte
 }
 
 func (w writes) empty() bool { return len(w.keys) == 0 && !w.ranged }
@@ -190,11 +223,15 @@ func (c *attrCache) begin(w writes) uint64 {
 	defer c.mu.Unlock()
 	c.gen++
 	for _, k := range w.keys {
+		if c.pending[k] > 0 {
+			c.overlapped[k] = true
+		}
 		c.pending[k]++
 		c.evict(k)
 	}
 	if w.ranged {
 		c.pendingAll++
+		c.rangedGen = c.gen
 		c.clear()
 	}
 	return c.gen
@@ -202,6 +239,8 @@ func (c *attrCache) begin(w writes) uint64 {
 
 // end marks w, begun at start, done. rev is the revision of etcd's
 // answer; failed says the write returned an error (it may still happen).
+// The values w left are kept for the keys no other write had in flight
+// at the same time (so none can be ordered after it).
 func (c *attrCache) end(w writes, start uint64, rev int64, failed bool) {
 	if w.empty() {
 		return
@@ -217,15 +256,34 @@ func (c *attrCache) end(w writes, start uint64, rev int64, failed bool) {
 	case c.distrust && start > c.distrustGen:
 		c.distrust = false
 	}
+	overlapped := map[string]bool{}
 	for _, k := range w.keys {
+		if c.overlapped[k] {
+			overlapped[k] = true
+		}
 		if c.pending[k]--; c.pending[k] <= 0 {
 			delete(c.pending, k)
+			delete(c.overlapped, k)
 		}
 		c.evict(k)
 	}
 	if w.ranged {
 		c.pendingAll--
+		c.rangedGen = c.gen
 		c.clear()
+	}
+	if failed || w.ranged || w.vals == nil || c.distrust || c.pendingAll > 0 || c.rangedGen > start || rev == 0 {
+		return
+	}
+	for k, v := range w.vals {
+		if overlapped[k] || c.pending[k] > 0 {
+			continue
+		}
+		e := &cacheEntry{key: k}
+		if v != nil {
+			e.val, e.modRev = v, rev
+		}
+		c.insert(e)
 	}
 }
 
@@ -270,11 +328,50 @@ func (c *attrCache) writesOf(w *writes, ops []clientv3.Op) {
 	}
 }
 
+// valuesOf records in w the values ops leave on cached keys, when every
+// write among them is a put or delete of one key; otherwise w keeps no
+// values. It assumes puts carry their value and no lease (the Store uses
+// neither WithIgnoreValue nor leases on inode and entry keys).
+func (c *attrCache) valuesOf(w *writes, ops []clientv3.Op) {
+	vals := map[string][]byte{}
+	for _, op := range ops {
+		switch {
+		case op.IsTxn():
+			return
+		case op.IsPut(), op.IsDelete():
+			if len(op.RangeBytes()) != 0 {
+				return
+			}
+			k := string(op.KeyBytes())
+			if !c.cacheable(k) {
+				continue
+			}
+			if op.IsPut() {
+				vals[k] = append([]byte{}, op.ValueBytes()...)
+			} else {
+				vals[k] = nil
+			}
+		}
+	}
+	if len(vals) > 0 {
+		w.vals = vals
+	}
+}
+
 // pointGet says whether op is a plain linearizable read of one cacheable
 // key, the only reads the cache answers.
 func (c *attrCache) pointGet(op clientv3.Op) bool {
 	return op.IsGet() && len(op.RangeBytes()) == 0 && op.Rev() == 0 && !op.IsSerializable() &&
 		!op.IsCountOnly() && !op.IsKeysOnly() && c.cacheable(string(op.KeyBytes()))
+}
+
+// pinnedGet says whether op is a read of one cacheable key at a past
+// revision (serializable: a revision read needs no quorum), which the
+// cache answers when its entry was already current then.
+func (c *attrCache) pinnedGet(op clientv3.Op) bool {
+	return op.IsGet() && len(op.RangeBytes()) == 0 && op.Rev() > 0 && op.IsSerializable() &&
+		!op.IsCountOnly() && !op.IsKeysOnly() && op.MinModRev() == 0 && op.MaxModRev() == 0 &&
+		op.MinCreateRev() == 0 && op.MaxCreateRev() == 0 && c.cacheable(string(op.KeyBytes()))
 }
 
 func isCompacted(err error) bool {
@@ -308,7 +405,7 @@ func (kv *cachedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOpti
 		}
 		return resp, err
 	}
-	if es, rev, ok := kv.c.lookup([]string{key}); ok {
+	if es, rev, ok := kv.c.lookup([]string{key}, 0); ok {
 		return (*clientv3.GetResponse)(es[0].rangeResponse(rev)), nil
 	}
 	gen := kv.c.generation()
@@ -327,7 +424,11 @@ func (kv *cachedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOpti
 // Put keeps the cache exact around a write.
 func (kv *cachedKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
 	var w writes
-	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpPut(key, val, opts...)})
+	ops := []clientv3.Op{clientv3.OpPut(key, val, opts...)}
+	kv.c.writesOf(&w, ops)
+	if len(opts) == 0 {
+		kv.c.valuesOf(&w, ops)
+	}
 	start := kv.c.begin(w)
 	resp, err := kv.KV.Put(ctx, key, val, opts...)
 	kv.c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
@@ -337,7 +438,9 @@ func (kv *cachedKV) Put(ctx context.Context, key, val string, opts ...clientv3.O
 // Delete keeps the cache exact around a write.
 func (kv *cachedKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
 	var w writes
-	kv.c.writesOf(&w, []clientv3.Op{clientv3.OpDelete(key, opts...)})
+	ops := []clientv3.Op{clientv3.OpDelete(key, opts...)}
+	kv.c.writesOf(&w, ops)
+	kv.c.valuesOf(&w, ops)
 	start := kv.c.begin(w)
 	resp, err := kv.KV.Delete(ctx, key, opts...)
 	kv.c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
@@ -416,18 +519,27 @@ func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
 	var w writes
 	c.writesOf(&w, t.thenOps)
 	c.writesOf(&w, t.elseOps)
+	// A transaction of point reads only, all current or all at one past
+	// revision, may be answered from the cache.
 	reads := t.cmps == 0 && len(t.elseOps) == 0 && w.empty() && len(t.thenOps) > 0
 	var keys []string
+	at := int64(-1)
 	for _, op := range t.thenOps {
 		if !reads {
 			break
 		}
-		if reads = c.pointGet(op); reads {
-			keys = append(keys, string(op.KeyBytes()))
+		switch {
+		case c.pointGet(op) && at <= 0:
+			at = 0
+		case c.pinnedGet(op) && (at == -1 || at == op.Rev()):
+			at = op.Rev()
+		default:
+			reads = false
 		}
+		keys = append(keys, string(op.KeyBytes()))
 	}
 	if reads {
-		if es, rev, ok := c.lookup(keys); ok {
+		if es, rev, ok := c.lookup(keys, at); ok {
 			resp := &clientv3.TxnResponse{Header: &etcdserverpb.ResponseHeader{Revision: rev}, Succeeded: true}
 			for _, e := range es {
 				resp.Responses = append(resp.Responses, &etcdserverpb.ResponseOp{
@@ -443,8 +555,16 @@ func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
 	if isCompacted(err) {
 		c.compacted()
 	}
+	if err == nil && !w.empty() {
+		// The values left are those of the branch that ran.
+		if t.cmps == 0 || resp.Succeeded {
+			c.valuesOf(&w, t.thenOps)
+		} else {
+			c.valuesOf(&w, t.elseOps)
+		}
+	}
 	c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
-	if err != nil || !reads {
+	if err != nil || !reads || at != 0 {
 		return resp, err
 	}
 	for i, r := range resp.Responses {

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 	"github.com/wormhole-fs/wormhole/etcdmeta/metatest"
 )
@@ -221,5 +223,133 @@ func TestCacheDistrustsAfterFailedWrite(t *testing.T) {
 	}
 	if h := getTwice(); h == 0 {
 		t.Fatal("no cache hit after a later write succeeded")
+	}
+}
+
+// What the store writes is served from memory right away: a file looked
+// up and stat'ed just after its creation costs no read from etcd.
+func TestCacheKeepsOwnWrites(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	a, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, missesBefore, _ := s.CacheStats()
+	got, err := s.Lookup(ctx, meta.RootIno, "f")
+	if err != nil || got.Ino != a.Ino {
+		t.Fatalf("Lookup = %+v, %v; want inode %d", got, err, a.Ino)
+	}
+	if got, err = s.GetAttr(ctx, a.Ino); err != nil || got.Mode != 0o644 {
+		t.Fatalf("GetAttr = %+v, %v", got, err)
+	}
+	if _, misses, _ := s.CacheStats(); misses != missesBefore {
+		t.Fatalf("%d cache misses for a file just created, want none", misses-missesBefore)
+	}
+	// A change made through the store replaces the kept value.
+	mode := uint32(0o600)
+	if _, err := s.SetAttr(ctx, a.Ino, meta.SetAttrArgs{Mode: &mode}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = s.GetAttr(ctx, a.Ino); err != nil || got.Mode != mode {
+		t.Fatalf("GetAttr after chmod = mode %o, %v; want %o", got.Mode, err, mode)
+	}
+}
+
+// A conditional transaction leaves the values of the branch that ran,
+// and reads at a past revision see the value of that revision.
+func TestCacheConditionalWritesAndPastRevisions(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	k := s.keys.ino(meta.Ino(1 << 40))
+	get := func(opts ...clientv3.OpOption) string {
+		t.Helper()
+		resp, err := s.kv.Txn(ctx).Then(clientv3.OpGet(k, opts...)).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			return "<absent>"
+		}
+		return string(kvs[0].Value)
+	}
+	put := func(cond bool, then, els string) int64 {
+		t.Helper()
+		cmp := clientv3.Compare(clientv3.ModRevision(k), ">", -1) // always true
+		if !cond {
+			cmp = clientv3.Compare(clientv3.ModRevision(k), "=", -1) // never
+		}
+		txn := s.kv.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, then))
+		if els != "" {
+			txn = txn.Else(clientv3.OpPut(k, els))
+		}
+		resp, err := txn.Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	rev1 := put(true, "v1", "")
+	if v := get(); v != "v1" {
+		t.Fatalf("after the then branch: %q, want v1", v)
+	}
+	put(false, "never", "")
+	if v := get(); v != "v1" {
+		t.Fatalf("after a transaction whose condition failed: %q, want v1", v)
+	}
+	rev3 := put(false, "never", "v3")
+	if v := get(); v != "v3" {
+		t.Fatalf("after the else branch: %q, want v3", v)
+	}
+	if v := get(clientv3.WithRev(rev1), clientv3.WithSerializable()); v != "v1" {
+		t.Fatalf("at revision %d: %q, want v1", rev1, v)
+	}
+	if v := get(clientv3.WithRev(rev3), clientv3.WithSerializable()); v != "v3" {
+		t.Fatalf("at revision %d: %q, want v3", rev3, v)
+	}
+	if _, err := s.kv.Delete(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if v := get(); v != "<absent>" {
+		t.Fatalf("after delete: %q, want absent", v)
+	}
+	if v := get(clientv3.WithRev(rev3), clientv3.WithSerializable()); v != "v3" {
+		t.Fatalf("at revision %d after delete: %q, want v3", rev3, v)
+	}
+}
+
+// Two writes of one key in flight at once may reach etcd in either
+// order: neither value is kept, while a key written alone is.
+func TestCacheOverlappingWritesKeepNothing(t *testing.T) {
+	c := newAttrCache(16, "/i/")
+	write := func(k, v string) writes {
+		return writes{keys: []string{k}, vals: map[string][]byte{k: []byte(v)}}
+	}
+	cached := func(k string) bool {
+		_, _, ok := c.lookup([]string{k}, 0)
+		return ok
+	}
+	w1, w2 := write("/i/a", "1"), write("/i/a", "2")
+	s1 := c.begin(w1)
+	s2 := c.begin(w2)
+	c.end(w1, s1, 10, false)
+	c.end(w2, s2, 11, false)
+	if cached("/i/a") {
+		t.Fatal("a key written twice at once is cached")
+	}
+	w3 := write("/i/a", "3")
+	c.end(w3, c.begin(w3), 12, false)
+	es, _, ok := c.lookup([]string{"/i/a"}, 0)
+	if !ok || string(es[0].val) != "3" || es[0].modRev != 12 {
+		t.Fatalf("after a write alone: %+v, %v; want value 3 at revision 12", es, ok)
+	}
+	// A range write in flight meanwhile keeps a point write's value out.
+	w4, r := write("/i/b", "4"), writes{ranged: true}
+	s4 := c.begin(w4)
+	c.end(r, c.begin(r), 13, false)
+	c.end(w4, s4, 14, false)
+	if cached("/i/b") {
+		t.Fatal("a key written while a range write ran is cached")
 	}
 }
