@@ -156,9 +156,10 @@ type ChunkConfig struct {
 type EtcdConfig struct {
 	// QuotaBytes is etcd's backend quota (etcd suggests at most 8 GiB).
 	QuotaBytes int64 `koanf:"quota_bytes" validate:"min=104857600,max=8589934592"`
-	// CacheEntries is how many inode and directory-entry records a single
-	// node keeps in memory (a few hundred bytes each) to answer lookups
-	// and attribute reads without asking etcd; 0 turns the cache off.
+	// CacheEntries is how many inode, directory-entry and chunk-reference
+	// records a single node keeps in memory (a few hundred bytes each) to
+	// answer lookups, attribute reads and the chunk map of READs without
+	// asking etcd; 0 turns the cache off.
 	// Nodes of a cluster, and nodes on an external etcd, read etcd every
 	// time: the cache is exact only for a namespace's only writer.
 	CacheEntries int `koanf:"cache_entries" validate:"min=0,max=10000000"`

@@ -17,8 +17,8 @@ import (
 // Option configures a Store.
 type Option func(*Store)
 
-// WithExclusiveCache keeps up to entries inode and directory-entry
-// records in memory and answers point reads of them without a round trip
+// WithExclusiveCache keeps up to entries inode, directory-entry and
+// chunk-reference records in memory and answers point reads of them without a round trip
 // to etcd. It is correct only while this Store is the only writer of the
 // namespace, as a single node on its own embedded etcd is: the cache
 // learns of changes from the writes that pass through it, not from
@@ -27,7 +27,7 @@ type Option func(*Store)
 func WithExclusiveCache(entries int) Option {
 	return func(s *Store) {
 		if entries > 0 {
-			s.cache = newAttrCache(entries, s.keys.inoPrefix(), s.keys.prefix+"ent/")
+			s.cache = newAttrCache(entries, s.keys.inoPrefix(), s.keys.prefix+"ent/", s.keys.chunkRoot())
 			s.kv = &cachedKV{KV: s.kv, c: s.cache}
 		}
 	}
@@ -161,11 +161,12 @@ func (c *attrCache) lookup(keys []string, at int64) (es []cacheEntry, rev int64,
 	return es, c.rev, true
 }
 
-// generation returns the write generation, to pass to fill.
-func (c *attrCache) generation() uint64 {
+// generation returns the write generation, to pass to fill, and the
+// revision every cached value is current at.
+func (c *attrCache) generation() (uint64, int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.gen, c.rev
 }
 
 // fill records what a read issued at write generation gen returned for
@@ -408,7 +409,7 @@ func (kv *cachedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOpti
 	if es, rev, ok := kv.c.lookup([]string{key}, 0); ok {
 		return (*clientv3.GetResponse)(es[0].rangeResponse(rev)), nil
 	}
-	gen := kv.c.generation()
+	gen, _ := kv.c.generation()
 	resp, err := kv.KV.Get(ctx, key)
 	if err != nil {
 		return nil, err
@@ -549,7 +550,7 @@ func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
 			return resp, nil
 		}
 	}
-	gen := c.generation()
+	gen, issueRev := c.generation()
 	start := c.begin(w)
 	resp, err := t.txn.Commit()
 	if isCompacted(err) {
@@ -564,7 +565,9 @@ func (t *cachedTxn) Commit() (*clientv3.TxnResponse, error) {
 		}
 	}
 	c.end(w, start, revOf(err, func() int64 { return resp.Header.Revision }), err != nil)
-	if err != nil || !reads || at != 0 {
+	// A read at a past revision fills too when that revision is no older
+	// than every write ended before it was sent: its values are current.
+	if err != nil || !reads || (at != 0 && at < issueRev) {
 		return resp, err
 	}
 	for i, r := range resp.Responses {

@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 	"github.com/wormhole-fs/wormhole/etcdmeta/metatest"
 )
@@ -352,4 +353,52 @@ func TestCacheOverlappingWritesKeepNothing(t *testing.T) {
 	if cached("/i/b") {
 		t.Fatal("a key written while a range write ran is cached")
 	}
+}
+
+// A READ's chunk map comes from memory once written or read: the
+// references of a few chunks, holes included, are answered without etcd,
+// and an overwrite or truncation is seen by the next read.
+func TestCacheServesChunkMaps(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	a, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := func(index uint64, id byte) chunk.Ref {
+		r := chunk.Ref{Index: index, Len: 100}
+		r.ID[0], r.ID[1] = id, byte(index)
+		return r
+	}
+	if _, _, err := s.CommitWrite(ctx, a.Ino, []chunk.Ref{ref(0, 1), ref(2, 1)}, nil, 300); err != nil {
+		t.Fatal(err)
+	}
+	check := func(first, last uint64, want ...chunk.Ref) {
+		t.Helper()
+		got, err := s.Chunks(ctx, a.Ino, first, last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("Chunks(%d, %d) = %v, want %v", first, last, got, want)
+		}
+	}
+	check(0, 2, ref(0, 1), ref(2, 1)) // the hole at 1 is read once
+	_, missesBefore, _ := s.CacheStats()
+	check(0, 2, ref(0, 1), ref(2, 1))
+	check(1, 1)
+	check(2, 3, ref(2, 1))
+	if _, misses, _ := s.CacheStats(); misses > missesBefore+1 { // index 3, never read
+		t.Fatalf("%d cache misses reading a chunk map already read", misses-missesBefore)
+	}
+	if _, _, err := s.CommitWrite(ctx, a.Ino, []chunk.Ref{ref(0, 2)}, nil, 300); err != nil {
+		t.Fatal(err)
+	}
+	check(0, 2, ref(0, 2), ref(2, 1))
+	if _, _, err := s.Truncate(ctx, a.Ino, 100, 100, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	check(0, 2, ref(0, 2))
+	// A wide range is read by range, with the same answer.
+	check(0, 100, ref(0, 2))
 }

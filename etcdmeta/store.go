@@ -785,10 +785,43 @@ func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([
 			return err
 		}
 		var err error
-		out, err = t.chunkRefs(ctx, ino, first, last)
+		if last >= first && last-first < pointChunkReads {
+			out, err = t.chunkRefsAt(ctx, ino, first, last)
+		} else {
+			out, err = t.chunkRefs(ctx, ino, first, last)
+		}
 		return err
 	})
 	return out, err
+}
+
+// pointChunkReads is the most chunk references Chunks reads by key (in
+// one round trip, or from the exclusive cache) rather than by range: a
+// READ spans one chunk or two.
+const pointChunkReads = 4
+
+// chunkRefsAt is chunkRefs read key by key, for a few indexes.
+func (t *tx) chunkRefsAt(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
+	keys := make([]string, 0, last-first+1)
+	for i := first; i <= last; i++ {
+		keys = append(keys, t.s.keys.chunk(ino, i))
+	}
+	if err := t.load(ctx, keys...); err != nil {
+		return nil, err
+	}
+	var refs []chunk.Ref
+	for i, k := range keys {
+		v := t.read[k]
+		if v.val == nil {
+			continue // a hole
+		}
+		r, err := decodeChunkRef(first+uint64(i), v.val)
+		if err != nil {
+			return nil, fmt.Errorf("inode %d: %w", ino, err)
+		}
+		refs = append(refs, r)
+	}
+	return refs, nil
 }
 
 // CommitWrite records refs in ino's chunk map, replacing references with the
