@@ -266,6 +266,12 @@ func (n *Node) metrics() *prometheus.Registry {
 		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_chunks_below_redundancy_reports_total", Help: "Chunks found below their redundancy by reads and writes."},
 			func() float64 { return float64(n.underReplicated.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_meta_cache_hits_total", Help: "Metadata reads a single node answered from memory (etcd.cache_entries)."},
+			func() float64 { h, _, _ := n.ns.CacheStats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_meta_cache_misses_total", Help: "Metadata reads a single node's cache sent to etcd."},
+			func() float64 { _, m, _ := n.ns.CacheStats(); return float64(m) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "wormhole_meta_cache_entries", Help: "Records in a single node's metadata cache."},
+			func() float64 { _, _, e := n.ns.CacheStats(); return float64(e) }),
 	)
 	if n.scrub != nil {
 		stat := func(f func(scrub.Stats) uint64) func() float64 {

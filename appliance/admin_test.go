@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
+	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
 func TestAdminAPI(t *testing.T) {
@@ -70,8 +72,19 @@ func TestAdminAPI(t *testing.T) {
 	if st.Version != "test" || st.Inodes < 1 || st.Capacity.TotalBytes == 0 || st.Situation == "" || st.Summary == "" {
 		t.Fatalf("status %+v", st)
 	}
+	// The root read twice: the second answer comes from the single
+	// node's metadata cache, and the metrics count it.
+	for range 2 {
+		if _, err := n.ns.GetAttr(ctx, meta.RootIno); err != nil {
+			t.Fatal(err)
+		}
+	}
 	code, body = get("/metrics", strings.TrimSpace(string(tok)))
 	if code != http.StatusOK || !strings.Contains(body, "wormhole_inodes 1") || !strings.Contains(body, "wormhole_free_bytes") {
 		t.Fatalf("metrics: HTTP %d, missing wormhole gauges:\n%.400s", code, body)
+	}
+	if !regexp.MustCompile(`(?m)^wormhole_meta_cache_hits_total [1-9]`).MatchString(body) ||
+		!regexp.MustCompile(`(?m)^wormhole_meta_cache_entries [1-9]`).MatchString(body) {
+		t.Fatalf("metrics: no metadata cache hits or entries counted:\n%s", body)
 	}
 }
