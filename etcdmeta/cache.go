@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -74,9 +75,19 @@ type attrCache struct {
 	// kept. A key leaves it when its last write ends.
 	overlapped map[string]bool
 	rangedGen  uint64 // gen at the last begin or end of a range write
-	pendingAll int    // range writes in flight over cached keys
-	gen        uint64 // counts write beginnings and ends
-	rev        int64
+	// A range write within one scope (the keys of one file's chunk map,
+	// or of one directory's entries) evicts that scope's keys only:
+	// byScope indexes the cached keys by scope, pendingScope counts such
+	// writes in flight per scope, and scopedGen is gen at the last begin
+	// or end of any of them (no write of a scoped key that overlapped
+	// one keeps its value).
+	byScope       map[string]map[string]struct{}
+	pendingScope  map[string]int
+	pendingScoped int
+	scopedGen     uint64
+	pendingAll    int    // range writes in flight over cached keys
+	gen           uint64 // counts write beginnings and ends
+	rev           int64
 	// distrust is set when a write failed: etcd may still apply it (a
 	// timed-out request was already proposed), so nothing is cached or
 	// served until a write begun after the failure succeeds, which etcd
@@ -96,7 +107,8 @@ type cacheEntry struct {
 }
 
 func newAttrCache(max int, prefixes ...string) *attrCache {
-	return &attrCache{prefixes: prefixes, max: max, entries: map[string]*list.Element{}, pending: map[string]int{}, overlapped: map[string]bool{}}
+	return &attrCache{prefixes: prefixes, max: max, entries: map[string]*list.Element{}, pending: map[string]int{}, overlapped: map[string]bool{},
+		byScope: map[string]map[string]struct{}{}, pendingScope: map[string]int{}}
 }
 
 func (c *attrCache) len() int {
@@ -126,6 +138,32 @@ func (c *attrCache) overlaps(key, end string) bool {
 	return false
 }
 
+// scopeOf returns the scope of a cached key: the key up to its last "/"
+// when that is longer than its cached prefix ("chunk/<ino>/",
+// "ent/<dir>/"), else "" (inodes have no scope).
+func (c *attrCache) scopeOf(key string) string {
+	i := strings.LastIndexByte(key, '/')
+	if i < 0 {
+		return ""
+	}
+	for _, p := range c.prefixes {
+		if strings.HasPrefix(key, p) && i+1 > len(p) {
+			return key[:i+1]
+		}
+	}
+	return ""
+}
+
+// rangeScope returns the scope that holds the whole range [key, end), or
+// "" when it spans more than one.
+func (c *attrCache) rangeScope(key, end string) string {
+	sc := c.scopeOf(key)
+	if sc == "" || end <= key || end > prefixEnd(sc) {
+		return ""
+	}
+	return sc
+}
+
 // lookup returns the cached entries of keys and the revision they are
 // current at, or ok false if any is missing or being written. at, when
 // not zero, asks for the values at that past revision instead: an entry
@@ -142,7 +180,7 @@ func (c *attrCache) lookup(keys []string, at int64) (es []cacheEntry, rev int64,
 	es = make([]cacheEntry, len(keys))
 	for i, k := range keys {
 		el, found := c.entries[k]
-		if !found || c.pending[k] > 0 {
+		if !found || c.pending[k] > 0 || c.pendingScope[c.scopeOf(k)] > 0 {
 			c.misses.Add(1)
 			return nil, 0, false
 		}
@@ -175,12 +213,14 @@ func (c *attrCache) fill(gen uint64, key string, kv *mvccpb.KeyValue, rev int64)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rev = max(c.rev, rev)
-	if gen != c.gen || c.pending[key] > 0 || c.pendingAll > 0 || c.distrust {
+	if gen != c.gen || c.pending[key] > 0 || c.pendingAll > 0 || c.distrust || c.pendingScope[c.scopeOf(key)] > 0 {
 		return
 	}
 	e := &cacheEntry{key: key}
 	if kv != nil {
-		e.val, e.modRev = kv.Value, kv.ModRevision
+		// A copy, never nil: a present key with an empty value is not
+		// an absent one, and the caller keeps its response.
+		e.val, e.modRev = append([]byte{}, kv.Value...), kv.ModRevision
 	}
 	c.insert(e)
 }
@@ -194,10 +234,16 @@ func (c *attrCache) insert(e *cacheEntry) {
 		return
 	}
 	c.entries[e.key] = c.lru.PushFront(e)
+	if sc := c.scopeOf(e.key); sc != "" {
+		keys := c.byScope[sc]
+		if keys == nil {
+			keys = map[string]struct{}{}
+			c.byScope[sc] = keys
+		}
+		keys[e.key] = struct{}{}
+	}
 	for len(c.entries) > c.max {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.entries, old.Value.(*cacheEntry).key)
+		c.evict(c.lru.Back().Value.(*cacheEntry).key)
 	}
 }
 
@@ -207,12 +253,14 @@ func (c *attrCache) insert(e *cacheEntry) {
 type writes struct {
 	keys   []string
 	ranged bool
+	// scopes are the scopes of range writes that stay within one.
+	scopes []string
 	// vals are the values the write leaves, by key (nil val: deleted);
 	// nil when they are not all known.
 	vals map[string][]byte
 }
 
-func (w writes) empty() bool { return len(w.keys) == 0 && !w.ranged }
+func (w writes) empty() bool { return len(w.keys) == 0 && !w.ranged && len(w.scopes) == 0 }
 
 // begin marks w in flight and evicts what it touches. It returns the
 // write's start, for end.
@@ -229,6 +277,12 @@ func (c *attrCache) begin(w writes) uint64 {
 		}
 		c.pending[k]++
 		c.evict(k)
+	}
+	for _, sc := range w.scopes {
+		c.pendingScope[sc]++
+		c.pendingScoped++
+		c.scopedGen = c.gen
+		c.evictScope(sc)
 	}
 	if w.ranged {
 		c.pendingAll++
@@ -268,6 +322,14 @@ func (c *attrCache) end(w writes, start uint64, rev int64, failed bool) {
 		}
 		c.evict(k)
 	}
+	for _, sc := range w.scopes {
+		if c.pendingScope[sc]--; c.pendingScope[sc] <= 0 {
+			delete(c.pendingScope, sc)
+		}
+		c.pendingScoped--
+		c.scopedGen = c.gen
+		c.evictScope(sc)
+	}
 	if w.ranged {
 		c.pendingAll--
 		c.rangedGen = c.gen
@@ -276,8 +338,9 @@ func (c *attrCache) end(w writes, start uint64, rev int64, failed bool) {
 	if failed || w.ranged || w.vals == nil || c.distrust || c.pendingAll > 0 || c.rangedGen > start || rev == 0 {
 		return
 	}
+	scopedRace := c.pendingScoped > 0 || c.scopedGen > start
 	for k, v := range w.vals {
-		if overlapped[k] || c.pending[k] > 0 {
+		if overlapped[k] || c.pending[k] > 0 || (scopedRace && c.scopeOf(k) != "") {
 			continue
 		}
 		e := &cacheEntry{key: k}
@@ -301,11 +364,25 @@ func (c *attrCache) evict(key string) {
 	if el, found := c.entries[key]; found {
 		c.lru.Remove(el)
 		delete(c.entries, key)
+		if sc := c.scopeOf(key); sc != "" {
+			delete(c.byScope[sc], key)
+			if len(c.byScope[sc]) == 0 {
+				delete(c.byScope, sc)
+			}
+		}
+	}
+}
+
+// evictScope evicts every cached key of scope sc.
+func (c *attrCache) evictScope(sc string) {
+	for k := range c.byScope[sc] {
+		c.evict(k)
 	}
 }
 
 func (c *attrCache) clear() {
 	c.entries = map[string]*list.Element{}
+	c.byScope = map[string]map[string]struct{}{}
 	c.lru.Init()
 }
 
@@ -316,10 +393,16 @@ func (c *attrCache) writesOf(w *writes, ops []clientv3.Op) {
 		switch {
 		case op.IsPut(), op.IsDelete():
 			k, end := string(op.KeyBytes()), string(op.RangeBytes())
-			if end != "" {
-				w.ranged = w.ranged || c.overlaps(k, end)
-			} else if c.cacheable(k) {
-				w.keys = append(w.keys, k)
+			switch {
+			case end == "":
+				if c.cacheable(k) && !slices.Contains(w.keys, k) {
+					w.keys = append(w.keys, k)
+				}
+			case !c.overlaps(k, end):
+			case c.rangeScope(k, end) != "":
+				w.scopes = append(w.scopes, c.rangeScope(k, end))
+			default:
+				w.ranged = true
 			}
 		case op.IsTxn():
 			_, thenOps, elseOps := op.Txn()
@@ -329,8 +412,8 @@ func (c *attrCache) writesOf(w *writes, ops []clientv3.Op) {
 	}
 }
 
-// valuesOf records in w the values ops leave on cached keys, when every
-// write among them is a put or delete of one key; otherwise w keeps no
+// valuesOf records in w the values the puts and deletes of single keys
+// among ops leave on cached keys; with a nested transaction w keeps no
 // values. It assumes puts carry their value and no lease (the Store uses
 // neither WithIgnoreValue nor leases on inode and entry keys).
 func (c *attrCache) valuesOf(w *writes, ops []clientv3.Op) {
@@ -341,7 +424,7 @@ func (c *attrCache) valuesOf(w *writes, ops []clientv3.Op) {
 			return
 		case op.IsPut(), op.IsDelete():
 			if len(op.RangeBytes()) != 0 {
-				return
+				continue // end keeps nothing a range write may touch
 			}
 			k := string(op.KeyBytes())
 			if !c.cacheable(k) {

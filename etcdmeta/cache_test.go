@@ -402,3 +402,85 @@ func TestCacheServesChunkMaps(t *testing.T) {
 	// A wide range is read by range, with the same answer.
 	check(0, 100, ref(0, 2))
 }
+
+// Removing or truncating a file evicts its own chunk map only: what the
+// cache holds of other files keeps being served.
+func TestCacheRemoveEvictsOnlyThatFile(t *testing.T) {
+	ctx := t.Context()
+	s := newCachedStore(t, 1024)
+	var inos []meta.Ino
+	for _, name := range []string{"keep", "gone"} {
+		a, err := s.Create(ctx, meta.RootIno, name, meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := chunk.Ref{Index: 0, Len: 10}
+		r.ID[0] = byte(len(inos) + 1)
+		if _, _, err := s.CommitWrite(ctx, a.Ino, []chunk.Ref{r}, nil, 10); err != nil {
+			t.Fatal(err)
+		}
+		inos = append(inos, a.Ino)
+	}
+	read := func() {
+		t.Helper()
+		if _, err := s.GetAttr(ctx, inos[0]); err != nil {
+			t.Fatal(err)
+		}
+		if refs, err := s.Chunks(ctx, inos[0], 0, 0); err != nil || len(refs) != 1 {
+			t.Fatalf("Chunks of keep = %v, %v", refs, err)
+		}
+	}
+	read()
+	if _, err := s.Unlink(ctx, meta.RootIno, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Truncate(ctx, inos[1], 0, 10, nil, nil); !errors.Is(err, meta.ErrStale) {
+		t.Fatalf("Truncate of a removed file = %v, want stale", err)
+	}
+	_, missesBefore, _ := s.CacheStats()
+	read()
+	if _, misses, _ := s.CacheStats(); misses != missesBefore {
+		t.Fatalf("%d cache misses on a file the removal of another did not touch", misses-missesBefore)
+	}
+	if _, err := s.Chunks(ctx, inos[1], 0, 0); !errors.Is(err, meta.ErrStale) {
+		t.Fatalf("Chunks of the removed file = %v, want stale", err)
+	}
+}
+
+// A range write within one scope hides that scope's keys while it is in
+// flight, and keeps a point write of the scope that overlapped it from
+// caching its value; keys of other scopes are served throughout.
+func TestCacheScopedRangeWrite(t *testing.T) {
+	c := newAttrCache(16, "/c/")
+	put := func(k, v string) {
+		w := writes{keys: []string{k}, vals: map[string][]byte{k: []byte(v)}}
+		c.end(w, c.begin(w), 10, false)
+	}
+	cached := func(k string) bool {
+		_, _, ok := c.lookup([]string{k}, 0)
+		return ok
+	}
+	put("/c/1/a", "x")
+	put("/c/2/a", "y")
+	var rw writes
+	c.writesOf(&rw, []clientv3.Op{clientv3.OpDelete("/c/1/", clientv3.WithPrefix())})
+	if len(rw.scopes) != 1 || rw.scopes[0] != "/c/1/" || rw.ranged {
+		t.Fatalf("a prefix delete of one file's keys: %+v, want scope /c/1/", rw)
+	}
+	start := c.begin(rw)
+	if cached("/c/1/a") || !cached("/c/2/a") {
+		t.Fatal("while the range write runs: its scope must miss, another scope must hit")
+	}
+	w := writes{keys: []string{"/c/1/b"}, vals: map[string][]byte{"/c/1/b": []byte("z")}}
+	ws := c.begin(w)
+	c.end(rw, start, 11, false)
+	c.end(w, ws, 12, false)
+	if cached("/c/1/a") || cached("/c/1/b") || !cached("/c/2/a") {
+		t.Fatal("after the range write: its scope's keys must be gone, the overlapping write not cached, the other scope kept")
+	}
+	var all writes
+	c.writesOf(&all, []clientv3.Op{clientv3.OpDelete("/c/", clientv3.WithPrefix())})
+	if !all.ranged {
+		t.Fatalf("a delete over several scopes: %+v, want a plain range write", all)
+	}
+}

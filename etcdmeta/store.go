@@ -803,8 +803,8 @@ const pointChunkReads = 4
 // chunkRefsAt is chunkRefs read key by key, for a few indexes.
 func (t *tx) chunkRefsAt(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
 	keys := make([]string, 0, last-first+1)
-	for i := first; i <= last; i++ {
-		keys = append(keys, t.s.keys.chunk(ino, i))
+	for d := uint64(0); d <= last-first; d++ { // no i++ past MaxUint64
+		keys = append(keys, t.s.keys.chunk(ino, first+d))
 	}
 	if err := t.load(ctx, keys...); err != nil {
 		return nil, err
@@ -812,7 +812,7 @@ func (t *tx) chunkRefsAt(ctx context.Context, ino meta.Ino, first, last uint64) 
 	var refs []chunk.Ref
 	for i, k := range keys {
 		v := t.read[k]
-		if v.val == nil {
+		if v.modRev == 0 {
 			continue // a hole
 		}
 		r, err := decodeChunkRef(first+uint64(i), v.val)
