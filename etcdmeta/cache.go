@@ -19,8 +19,8 @@ import (
 type Option func(*Store)
 
 // WithExclusiveCache keeps up to entries inode, directory-entry and
-// chunk-reference records in memory and answers point reads of them without a round trip
-// to etcd. It is correct only while this Store is the only writer of the
+// chunk-reference records in memory and answers point reads of them
+// without a round trip to etcd. It is correct only while this Store is the only writer of the
 // namespace, as a single node on its own embedded etcd is: the cache
 // learns of changes from the writes that pass through it, not from
 // watches, so a second writer would leave it stale. Nodes of a cluster
@@ -54,13 +54,18 @@ func (s *Store) CacheStats() (hits, misses uint64, entries int) {
 //     written: otherwise the value may predate a write already answered.
 //
 //   - A write's own values are kept when it succeeded, nothing is
-//     distrusted, and no other write of the same key (nor any range
-//     write) was in flight at the same time: then no write of the key
+//     distrusted, and no other write of the same key (nor a range write
+//     over it) was in flight at the same time: then no write of the key
 //     can be ordered after it in etcd.
 //
+//   - A range write evicts what it may touch: the keys of its scope when
+//     it stays within one (one file's chunk references, one directory's
+//     entries), else everything; keys it may touch are not served or
+//     filled while it is in flight.
+//
 // So a cached key has had no write begin since its value was read (or
-// written), and its value is the one etcd holds now. rev is the highest revision seen
-// in any answer from etcd: every cached value is current at rev, which is
+// written), and its value is the one etcd holds now. rev is the highest
+// revision seen in any answer from etcd: every cached value is current at rev, which is
 // the revision a read served from the cache reports.
 type attrCache struct {
 	prefixes []string
