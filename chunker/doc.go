@@ -2,8 +2,8 @@
 // fixed-size chunks (Files) and keeps chunks as checksummed files on local
 // disk (LocalStore). Replication, placement and repair will build on the
 // Blobs interface that LocalStore implements; a Blobs that also implements
-// RangeGetter (LocalStore, replica.Store) serves partial-chunk reads
-// without fetching the whole chunk.
+// RangeReader (LocalStore, replica.Store) serves partial-chunk reads
+// without fetching the whole chunk, into the reader's buffer.
 //
 // It imports chunker/chunk (IDs, references, sentinel errors) and the
 // namespace contract etcdmeta/meta; never nfsfront or the etcdmeta root.

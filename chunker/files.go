@@ -52,21 +52,23 @@ type Blobs interface {
 	Delete(ctx context.Context, id chunk.ID) error
 }
 
-// RangeGetter is implemented by Blobs that can read part of a chunk
-// without fetching and verifying all of it; LocalStore does. Files uses it,
-// when its Blobs offers it, for reads that cover only part of a chunk.
-type RangeGetter interface {
-	// GetRange returns bytes [off, off+n) of chunk id, clamped to the
-	// chunk's length (so fewer than n bytes, possibly none, when the range
-	// passes the end). Every byte returned is verified, as by Get; errors
-	// wrap chunk.ErrNotFound and chunk.ErrCorrupt as Get's do. off and n
-	// must not be negative. The caller may modify the returned slice.
-	GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error)
+// RangeReader is implemented by Blobs that can read part of a chunk
+// without fetching and verifying all of it, into the caller's buffer;
+// LocalStore and replica.Store do. Files uses it, when its Blobs offers
+// it, for every read.
+type RangeReader interface {
+	// ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped
+	// to the chunk's length, and returns how many it read (fewer than
+	// len(p), possibly none, when the range passes the end). Every byte
+	// read is verified, as by Get; errors wrap chunk.ErrNotFound and
+	// chunk.ErrCorrupt as Get's do. After an error the contents of p are
+	// unspecified. off must not be negative.
+	ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error)
 }
 
 var (
 	_ Blobs       = (*LocalStore)(nil)
-	_ RangeGetter = (*LocalStore)(nil)
+	_ RangeReader = (*LocalStore)(nil)
 )
 
 // Files maps byte ranges of files onto fixed-size chunks: reads fetch the
@@ -136,7 +138,7 @@ func (f *Files) stripe(ino meta.Ino) chan struct{} {
 // reaches size, the file size the caller has from the attributes. Holes, and
 // bytes past a chunk's length within the file, read as zeros. Chunks are
 // verified by the chunk store; a corrupt chunk fails the read with an error
-// wrapping chunk.ErrCorrupt. When the chunk store is a RangeGetter, a read
+// wrapping chunk.ErrCorrupt. When the chunk store is a RangeReader, a read
 // of part of a chunk fetches (and verifies) only that part, so its cost
 // follows len(p), not the chunk size. Uncommitted writes (WriteUnstable)
 // are read from the write-back table; size should then include them
@@ -186,7 +188,10 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 	if err != nil {
 		return fmt.Errorf("read inode %d: chunk map [%d, %d]: %w", ino, first, last, err)
 	}
-	clear(p)
+	// Only what no chunk fills is zeroed (holes, and bytes past a short
+	// chunk's end): a 1 MiB read of a written file clears nothing. The
+	// references come in index order (meta.Store's Chunks promises it).
+	filled := start // p is final up to here
 	for _, ref := range refs {
 		if ref.Index < first || ref.Index > last {
 			continue
@@ -197,20 +202,24 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 		if lo >= hi {
 			continue // the wanted part lies past the chunk's data: zeros
 		}
-		if rg, ok := f.blobs.(RangeGetter); ok {
-			// Read and verify only the wanted part. For a whole chunk
-			// this is one pass over the data (block sums under the
-			// verified header sum) where Get makes two (block sums and
-			// the whole-chunk sum).
-			data, err := rg.GetRange(ctx, ref.ID, int64(lo-cStart), int64(hi-lo))
+		if lo < filled {
+			return fmt.Errorf("read inode %d: chunk map out of index order at chunk %d", ino, ref.Index)
+		}
+		clear(p[filled-start : lo-start])
+		filled = hi
+		if rr, ok := f.blobs.(RangeReader); ok {
+			// Read and verify only the wanted part, straight into p.
+			// For a whole chunk this is one pass over the data (block
+			// sums under the verified header sum) where Get makes two
+			// (block sums and the whole-chunk sum).
+			k, err := rr.ReadRange(ctx, ref.ID, p[lo-start:hi-start], int64(lo-cStart))
 			if err != nil {
 				return fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
 			}
-			if uint64(len(data)) != hi-lo {
+			if uint64(k) != hi-lo {
 				return fmt.Errorf("inode %d chunk %d: chunk %s ends before byte %d, chunk map says it has %d: %w",
 					ino, ref.Index, ref.ID, hi-cStart, ref.Len, chunk.ErrCorrupt)
 			}
-			copy(p[lo-start:hi-start], data)
 			continue
 		}
 		data, err := f.getChunk(ctx, ino, ref)
@@ -219,16 +228,20 @@ func (f *Files) readRange(ctx context.Context, ino meta.Ino, p []byte, start uin
 		}
 		copy(p[lo-start:hi-start], data[lo-cStart:hi-cStart])
 	}
+	clear(p[filled-start:])
 	return nil
 }
 
 // getChunk fetches the verified data of ref and checks its length. A
-// RangeGetter verifies every byte in one pass over the data.
+// RangeReader verifies every byte in one pass over the data.
 func (f *Files) getChunk(ctx context.Context, ino meta.Ino, ref chunk.Ref) ([]byte, error) {
 	var data []byte
 	var err error
-	if rg, ok := f.blobs.(RangeGetter); ok {
-		data, err = rg.GetRange(ctx, ref.ID, 0, int64(ref.Len))
+	if rr, ok := f.blobs.(RangeReader); ok {
+		data = make([]byte, ref.Len)
+		var k int
+		k, err = rr.ReadRange(ctx, ref.ID, data, 0)
+		data = data[:k]
 	} else {
 		data, err = f.blobs.Get(ctx, ref.ID)
 	}

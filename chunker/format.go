@@ -345,6 +345,36 @@ func (h *header) readBlocks(r io.ReaderAt, off, n int64) ([]byte, error) {
 	return buf[lo-bStart : hi-bStart : hi-bStart], nil
 }
 
+// readBlocksInto reads bytes [off, off+len(p)) of the data of a version 2
+// chunk, clamped to its length, into p, verified as readBlocks verifies
+// them, and returns how many bytes it read. A range that starts on a block
+// boundary and ends on one (or at the end of the data), as a 1 MiB READ
+// of a file does, is read straight into p and verified there: no buffer
+// is allocated and no byte copied. Any other range goes through
+// readBlocks. After an error the contents of p are unspecified (they may
+// hold unverified bytes) and must not be used.
+func (h *header) readBlocksInto(r io.ReaderAt, p []byte, off int64) (int, error) {
+	lo, hi := clampRange(off, int64(len(p)), h.n)
+	if lo == hi {
+		return 0, nil
+	}
+	if lo%BlockSize != 0 || (hi%BlockSize != 0 && hi != h.n) {
+		data, err := h.readBlocks(r, lo, hi-lo)
+		if err != nil {
+			return 0, err
+		}
+		return copy(p, data), nil
+	}
+	buf := p[:hi-lo]
+	if err := preadFull(r, buf, h.dataOff+lo); err != nil {
+		return 0, err
+	}
+	if err := h.checkBlocks(lo/BlockSize, buf); err != nil {
+		return 0, err
+	}
+	return len(buf), nil
+}
+
 // scratchSize is the size of the buffers of blockScratch: two blocks, what
 // a small range read overlaps at most.
 const scratchSize = 2 * BlockSize

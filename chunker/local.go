@@ -313,40 +313,86 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 // header or table of a cached file is noticed when the file is opened
 // again, damage to data blocks on the read that covers them.
 func (s *LocalStore) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s range: %w", s.dir, id, err)
-	}
 	if off < 0 || n < 0 {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, n, off)
 	}
-	data, err := s.readRangeCached(id, off, n)
-	if err == nil {
-		return data, nil
+	var data []byte
+	err := s.readCached(ctx, id, off, n, func(h *header, f io.ReaderAt) (err error) {
+		data, err = h.readBlocks(f, off, n)
+		return err
+	}, func(f io.ReaderAt, size int64) (err error) {
+		data, err = readRange(f, size, id, off, n)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
-	}
-	if !errors.Is(err, chunk.ErrCorrupt) {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
-	}
-	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Int64("off", off).Int64("len", n).Msg("corrupt chunk")
-	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
+	return data, nil
 }
 
-// readRangeCached reads bytes [off, off+n) of chunk id as readRange does,
-// through the open-file cache: a cached file costs one pread of the blocks
-// the range overlaps and their verification; a file not cached is opened,
-// its header verified, and (version 2) added to the cache. A chunk found
-// corrupt is dropped from the cache. A missing chunk is fs.ErrNotExist.
-func (s *LocalStore) readRangeCached(id chunk.ID, off, n int64) ([]byte, error) {
+// ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped to
+// the chunk's length, and returns how many it read: fewer than len(p)
+// (possibly none) when the range passes the end. It reads and verifies
+// as GetRange does, with the same errors, but into the caller's buffer: a
+// range aligned on BlockSize (or ending at the end of the data) is read
+// straight into p, with no allocation or copy. After an error the
+// contents of p are unspecified and must not be used. A negative off is
+// an error.
+func (s *LocalStore) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, len(p), off)
+	}
+	var k int
+	err := s.readCached(ctx, id, off, int64(len(p)), func(h *header, f io.ReaderAt) (err error) {
+		k, err = h.readBlocksInto(f, p, off)
+		return err
+	}, func(f io.ReaderAt, size int64) error {
+		data, err := readRange(f, size, id, off, int64(len(p)))
+		k = copy(p, data)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return k, nil
+}
+
+// readCached runs the read of bytes [off, off+n) of chunk id: v2 with the
+// verified header and file of a version 2 chunk, v1 with the file and its
+// size of a version 1 chunk. The file comes from the open-file cache: a
+// cached file costs only what v2 reads; a file not cached is opened, its
+// header verified, and (version 2) added to the cache. A chunk found
+// corrupt is dropped from the cache and logged. Errors name the store, the
+// chunk and its path; a missing chunk wraps chunk.ErrNotFound, a damaged
+// one chunk.ErrCorrupt.
+func (s *LocalStore) readCached(ctx context.Context, id chunk.ID, off, n int64,
+	v2 func(h *header, f io.ReaderAt) error, v1 func(f io.ReaderAt, size int64) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("chunk store %s: get chunk %s range: %w", s.dir, id, err)
+	}
+	err := s.readOpen(id, v2, v1)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
+	case errors.Is(err, chunk.ErrCorrupt):
+		s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Int64("off", off).Int64("len", n).Msg("corrupt chunk")
+	}
+	return fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
+}
+
+// readOpen runs v2 or v1 (see readCached) on the open file of chunk id. A
+// missing chunk is fs.ErrNotExist.
+func (s *LocalStore) readOpen(id chunk.ID, v2 func(h *header, f io.ReaderAt) error, v1 func(f io.ReaderAt, size int64) error) error {
 	hit, slot := s.cache.acquire(id)
 	if hit != nil {
-		data, err := hit.h.readBlocks(hit.f, off, n)
+		err := v2(&hit.h, hit.f)
 		s.cache.release(hit)
 		if err != nil {
 			s.cache.drop(id)
 		}
-		return data, err
+		return err
 	}
 	_, rel := relPath(id)
 	f, size, err := s.openChunk(rel)
@@ -354,31 +400,31 @@ func (s *LocalStore) readRangeCached(id chunk.ID, off, n int64) ([]byte, error) 
 		if slot != nil {
 			s.cache.abandon(slot)
 		}
-		return nil, err
+		return err
 	}
 	h, _, err := loadHeader(f, size, id)
 	if err == nil && h.version == formatV2 {
 		if slot != nil && s.cache.add(slot, f, h) {
-			data, err := h.readBlocks(f, off, n)
+			err := v2(&h, f)
 			s.cache.release(slot)
 			if err != nil {
 				s.cache.drop(id)
 			}
-			return data, err
+			return err
 		}
-		data, err := h.readBlocks(f, off, n)
+		err := v2(&h, f)
 		_ = f.Close() // read-only: nothing to lose
-		return data, err
+		return err
 	}
 	if slot != nil {
 		s.cache.abandon(slot)
 	}
 	defer func() { _ = f.Close() }() // read-only: nothing to lose
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// Version 1: one checksum over all the data, read whole.
-	return readRange(f, size, id, off, n)
+	return v1(f, size)
 }
 
 // openChunk opens the chunk file rel for reading and returns it with its

@@ -19,7 +19,9 @@ import (
 )
 
 // checkRange checks that GetRange(off, n) of chunk id returns the clamped
-// range of data.
+// range of data, and that ReadRange into an n-byte buffer (when n is not
+// absurdly large) reads the same bytes and leaves the rest of the buffer
+// alone.
 func checkRange(t *testing.T, s *LocalStore, id chunk.ID, data []byte, off, n int64) {
 	t.Helper()
 	got, err := s.GetRange(t.Context(), id, off, n)
@@ -29,6 +31,20 @@ func checkRange(t *testing.T, s *LocalStore, id chunk.ID, data []byte, off, n in
 	lo, hi := clampRange(off, n, int64(len(data)))
 	if !bytes.Equal(got, data[lo:hi]) {
 		t.Fatalf("GetRange(%d, %d) of %d bytes: got %d bytes, want %d (data differs)", off, n, len(data), len(got), hi-lo)
+	}
+	if n > 1<<24 {
+		return
+	}
+	p := bytes.Repeat([]byte{0xee}, int(n))
+	k, err := s.ReadRange(t.Context(), id, p, off)
+	if err != nil {
+		t.Fatalf("ReadRange(%d bytes at %d) of %d bytes: %v", n, off, len(data), err)
+	}
+	if !bytes.Equal(p[:k], data[lo:hi]) {
+		t.Fatalf("ReadRange(%d bytes at %d) of %d bytes: got %d bytes, want %d (data differs)", n, off, len(data), k, hi-lo)
+	}
+	if rest := p[k:]; len(bytes.Trim(rest, "\xee")) != 0 {
+		t.Fatalf("ReadRange(%d bytes at %d) of %d bytes wrote past the %d bytes it read", n, off, len(data), k)
 	}
 }
 
@@ -134,6 +150,18 @@ func TestLocalGetRangeCorruptBlock(t *testing.T) {
 			} {
 				got, err := s.GetRange(ctx, id, r[0], r[1])
 				wantCorrupt(t, s, id, got, err, badName)
+				k, err := s.ReadRange(ctx, id, make([]byte, r[1]), r[0])
+				wantCorrupt(t, s, id, nil, err, badName)
+				if k != 0 {
+					t.Fatalf("ReadRange(%d bytes at %d) of a corrupt block read %d bytes", r[1], r[0], k)
+				}
+			}
+			// A read of whole blocks (read in place, not through a
+			// buffer of its own) fails as well.
+			k, err := s.ReadRange(ctx, id, make([]byte, 2*BlockSize), bad/2*2*BlockSize)
+			wantCorrupt(t, s, id, nil, err, badName)
+			if k != 0 {
+				t.Fatalf("aligned ReadRange over corrupt block %d read %d bytes", bad, k)
 			}
 			// Ranges in other blocks still read.
 			for _, other := range []int64{0, 1, 3, 4} {
@@ -232,7 +260,7 @@ func TestLocalReadsVersion1(t *testing.T) {
 	}
 }
 
-// countingBlobs counts the Get and GetRange calls that reach a LocalStore
+// countingBlobs counts the Get and ReadRange calls that reach a LocalStore
 // and the bytes they return.
 type countingBlobs struct {
 	*LocalStore
@@ -246,11 +274,11 @@ func (c *countingBlobs) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return b, err
 }
 
-func (c *countingBlobs) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
+func (c *countingBlobs) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error) {
 	c.ranges++
-	b, err := c.LocalStore.GetRange(ctx, id, off, n)
-	c.bytes += len(b)
-	return b, err
+	k, err := c.LocalStore.ReadRange(ctx, id, p, off)
+	c.bytes += k
+	return k, err
 }
 
 // TestFilesPartialReadUsesRange checks that a read of part of a chunk

@@ -73,7 +73,13 @@ func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 	// it takes in the reply: status, post_op_attr, count, eof and the
 	// opaque's length come first (readReplyHead bytes), the data after.
 	want := int(min(count, maxIO))
-	e.b = slices.Grow(e.b, readReplyHead+want+4)
+	if need := len(e.b) + readReplyHead + want + 4; want >= bigReadReply && need <= replyBufSize {
+		// A pooled buffer, returned once the reply is written
+		// (releaseReply); its old bytes are all overwritten.
+		e.b = append(s.replyBufs.get(), e.b...)
+	} else {
+		e.b = slices.Grow(e.b, readReplyHead+want+4)
+	}
 	dataAt := len(e.b) + readReplyHead
 	var buf []byte
 	var n int

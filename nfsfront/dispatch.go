@@ -102,6 +102,11 @@ func (s *Server) dispatch(ctx context.Context, rec []byte, o origin) (reply []by
 	return acceptedReply(h.xid, acceptProgUnavail), false
 }
 
+// releaseReply takes back a reply returned by dispatch once it is written
+// and nothing refers to it any more: a large READ reply's buffer is used
+// again for a later one.
+func (s *Server) releaseReply(reply []byte) { s.replyBufs.put(reply) }
+
 // serveProgram runs a call of MOUNT or the portmapper.
 func (s *Server) serveProgram(ctx context.Context, p *program, c call) []byte {
 	procs, ok := p.versions[c.vers]

@@ -90,6 +90,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 				if err := c.writeRecord(reply); err != nil {
 					_ = c.raw.Close()
 				}
+				c.srv.releaseReply(reply)
 			}
 			return
 		}

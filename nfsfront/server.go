@@ -116,6 +116,9 @@ type Server struct {
 	// (maxServerCalls), and so the records and replies they pin.
 	callSlots chan struct{}
 	grants    nlmGrants // blocked NLM requests (nlm_granted.go)
+	// replyBufs holds the buffers of large READ replies: a reply
+	// returned by dispatch goes back with releaseReply once written.
+	replyBufs bufPool
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a

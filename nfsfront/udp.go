@@ -58,6 +58,7 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, svc services, 
 			if _, err := pc.WriteTo(reply, from); err != nil && ctx.Err() == nil {
 				s.log.Debug().Err(err).Str("client", from.String()).Msg("udp reply")
 			}
+			s.releaseReply(reply)
 		})
 	}
 }

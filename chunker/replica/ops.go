@@ -281,41 +281,42 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return nil, fmt.Errorf("get chunk %s: %w on any of %d nodes", id, chunk.ErrNotFound, len(order))
 }
 
-// rangeLocal is implemented by Local stores that can read part of a chunk,
-// verifying only what they read; chunker.LocalStore does.
+// rangeLocal is implemented by Local stores that can read part of a chunk
+// into the caller's buffer, verifying only what they read;
+// chunker.LocalStore does.
 type rangeLocal interface {
-	GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error)
+	ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error)
 }
 
-// GetRange returns bytes [off, off+n) of chunk id, clamped to the chunk's
-// length (it makes Store a chunker.RangeGetter). When this node's Local
-// store reads ranges, its copy is asked first and only the part asked for
-// is read and verified. Otherwise, or when that copy is missing, corrupt or
-// unreadable, GetRange falls back to Get (which searches, verifies and
-// reports exactly as a Get does, this node's copy included) and slices the
-// chunk it returns. Errors are Get's; a negative off or n is an error.
-func (s *Store) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
-	if off < 0 || n < 0 {
-		return nil, fmt.Errorf("get chunk %s: invalid range of %d bytes at %d", id, n, off)
+// ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped to
+// the chunk's length, and returns how many it read (it makes Store a
+// chunker.RangeReader). When this node's Local store reads ranges, its
+// copy is asked first and only the part asked for is read and verified.
+// Otherwise, or when that copy is missing, corrupt or unreadable,
+// ReadRange falls back to Get (which searches, verifies and reports
+// exactly as a Get does, this node's copy included) and copies the part
+// asked for. Errors are Get's; a negative off is an error. After an error
+// the contents of p are unspecified.
+func (s *Store) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("get chunk %s: invalid range of %d bytes at %d", id, len(p), off)
 	}
 	if rl, ok := s.self.(rangeLocal); ok {
 		lctx, cancel := s.opContext(ctx)
-		data, err := rl.GetRange(lctx, id, off, n)
+		k, err := rl.ReadRange(lctx, id, p, off)
 		cancel()
 		if err == nil {
-			return data, nil
+			return k, nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return nil, fmt.Errorf("get chunk %s: %w", id, cerr)
+			return 0, fmt.Errorf("get chunk %s: %w", id, cerr)
 		}
 	}
 	data, err := s.Get(ctx, id)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
-	lo := min(off, int64(len(data)))
-	hi := lo + min(n, int64(len(data))-lo)
-	return data[lo:hi:hi], nil
+	return copy(p, data[min(off, int64(len(data))):]), nil
 }
 
 // Delete removes chunk id from this node and from every alive node, in

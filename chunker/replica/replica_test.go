@@ -489,12 +489,12 @@ func TestConcurrentPutGetDelete(t *testing.T) {
 	wg.Wait()
 }
 
-var _ chunker.RangeGetter = (*replica.Store)(nil)
+var _ chunker.RangeReader = (*replica.Store)(nil)
 
-// TestGetRange checks range reads: from this node's copy when it has a good
-// one, else through Get's search (with its repair report), clamped like
-// LocalStore.GetRange.
-func TestGetRange(t *testing.T) {
+// TestReadRange checks range reads: from this node's copy when it has a
+// good one, else through Get's search (with its repair report), clamped
+// like LocalStore.ReadRange.
+func TestReadRange(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		fault func(c *cluster, id chunk.ID) // applied to n1's copy
@@ -520,11 +520,12 @@ func TestGetRange(t *testing.T) {
 			tt.fault(c, id)
 			n := int64(len(data))
 			for _, r := range [][2]int64{{n - 5, 100}, {0, 10}, {chunker.BlockSize - 3, 6}, {n, 1}, {0, n}} {
-				got, err := s.GetRange(ctx, id, r[0], r[1])
+				got := make([]byte, r[1])
+				k, err := s.ReadRange(ctx, id, got, r[0])
 				lo := min(r[0], n)
 				hi := lo + min(r[1], n-lo)
-				if err != nil || !bytes.Equal(got, data[lo:hi]) {
-					t.Fatalf("GetRange(%d, %d) = %d bytes, %v; want %d bytes", r[0], r[1], len(got), err, hi-lo)
+				if err != nil || !bytes.Equal(got[:k], data[lo:hi]) {
+					t.Fatalf("ReadRange(%d bytes at %d) = %d bytes, %v; want %d bytes", r[1], r[0], k, err, hi-lo)
 				}
 			}
 			reports := drain(s)
@@ -534,7 +535,7 @@ func TestGetRange(t *testing.T) {
 			if tt.want != "" && (len(reports) == 0 || reports[0].Reason != tt.want || reports[0].Node != "n1") {
 				t.Fatalf("reports %+v, want %s of n1", reports, tt.want)
 			}
-			if _, err := s.GetRange(ctx, id, -1, 1); err == nil {
+			if _, err := s.ReadRange(ctx, id, make([]byte, 1), -1); err == nil {
 				t.Fatal("negative offset accepted")
 			}
 		})
