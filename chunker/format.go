@@ -10,30 +10,38 @@ import (
 	"syscall"
 
 	"github.com/zeebo/blake3"
+	"github.com/zeebo/xxh3"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 )
 
-// On-disk chunk file formats; the package documentation describes both.
-// All integers are little endian. Version 2 is written; version 1 files
-// (written before block sums existed) are still read.
+// On-disk chunk file formats; the package documentation describes them.
+// All integers are little endian. Version 3 is written; version 2 files
+// (BLAKE3 block sums) and version 1 files (written before block sums
+// existed) are still read.
 const (
 	chunkMagic = "WHC1"
 	formatV1   = 1
 	formatV2   = 2
+	formatV3   = 3
+
+	// blockSumSizeV2 and blockSumSizeV3 are the sizes of a block-sum
+	// table entry: BLAKE3-256 in version 2, XXH3-128 in version 3.
+	blockSumSizeV2 = 32
+	blockSumSizeV3 = 16
 
 	// headerSizeV1 is the size of a version 1 header; the data follows.
 	headerSizeV1 = 60
-	// headerSizeV2 is the size of the fixed part of a version 2 header;
-	// the block-sum table follows, then the data.
+	// headerSizeV2 is the size of the fixed part of a version 2 or 3
+	// header; the block-sum table follows, then the data.
 	headerSizeV2 = 92
 
-	// blockShift is log2 of BlockSize; version 2 headers record it.
+	// blockShift is log2 of BlockSize; version 2 and 3 headers record it.
 	blockShift = 16
-	// BlockSize is the unit of verification of a version 2 chunk file:
-	// each BlockSize bytes of data (the last block may be shorter) have
-	// their own BLAKE3-256 sum, so a range read verifies only the blocks
-	// it overlaps.
+	// BlockSize is the unit of verification of a version 2 or 3 chunk
+	// file: each BlockSize bytes of data (the last block may be shorter)
+	// have their own sum, so a range read verifies only the blocks it
+	// overlaps.
 	BlockSize = 1 << blockShift
 
 	// MaxChunkLen is the largest chunk a LocalStore accepts: the header
@@ -41,11 +49,11 @@ const (
 	MaxChunkLen = math.MaxUint32
 
 	// maxFileSize is the size of the largest valid chunk file.
-	maxFileSize = headerSizeV2 + (MaxChunkLen+BlockSize-1)/BlockSize*chunk.SumSize + MaxChunkLen
+	maxFileSize = headerSizeV2 + (MaxChunkLen+BlockSize-1)/BlockSize*blockSumSizeV2 + MaxChunkLen
 
 	// prefixRead is how many bytes a range read fetches first: the fixed
-	// header and, for chunks up to 125 blocks (8000000 bytes of data),
-	// the whole block-sum table.
+	// header and, for chunks up to 250 blocks (16000000 bytes of data) in
+	// version 3, the whole block-sum table.
 	prefixRead = 4096
 )
 
@@ -62,25 +70,25 @@ func block(data []byte, i int64) []byte {
 	return data[i*BlockSize : min((i+1)*BlockSize, int64(len(data)))]
 }
 
-// encodeHeader returns the version 2 header (fixed part and block-sum
+// encodeHeader returns the version 3 header (fixed part and block-sum
 // table) of the chunk file holding data as chunk id, and the data's
 // checksum. The data is read once: each block feeds the whole-chunk hash
-// and its own block hash while it is in cache. len(data) must not exceed
+// and its own block sum while it is in cache. len(data) must not exceed
 // MaxChunkLen.
 func encodeHeader(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
 	nb := numBlocks(int64(len(data)))
-	h := make([]byte, headerSizeV2+nb*chunk.SumSize)
+	h := make([]byte, headerSizeV2+nb*blockSumSizeV3)
 	whole := blake3.New()
 	for i := range nb {
 		b := block(data, i)
 		_, _ = whole.Write(b) // never fails
-		s := blake3.Sum256(b)
-		copy(h[headerSizeV2+i*chunk.SumSize:], s[:])
+		s := blockSumV3(b)
+		copy(h[headerSizeV2+i*blockSumSizeV3:], s[:])
 	}
 	var sum chunk.Sum
 	whole.Sum(sum[:0])
 	copy(h[0:4], chunkMagic)
-	h[4] = formatV2
+	h[4] = formatV3
 	h[5] = blockShift
 	binary.LittleEndian.PutUint32(h[8:12], uint32(len(data)))
 	copy(h[12:28], id[:])
@@ -90,9 +98,15 @@ func encodeHeader(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
 	return h, sum
 }
 
-// headerSum returns the sum that protects a version 2 header: BLAKE3-256 of
-// its bytes [0, 60) followed by its block-sum table. h is the header,
-// fixed part and table.
+// blockSumV3 returns the version 3 sum of a block: XXH3-128, big endian.
+// It guards against damage (flipped bits, torn or misplaced writes), as a
+// CRC would, at memory speed; the whole-chunk BLAKE3 sum stays the chunk's
+// identity in chunk maps and between nodes.
+func blockSumV3(b []byte) [blockSumSizeV3]byte { return xxh3.Hash128(b).Bytes() }
+
+// headerSum returns the sum that protects a version 2 or 3 header:
+// BLAKE3-256 of its bytes [0, 60) followed by its block-sum table. h is
+// the header, fixed part and table.
 func headerSum(h []byte) chunk.Sum {
 	d := blake3.New()
 	_, _ = d.Write(h[:60])
@@ -108,13 +122,25 @@ type header struct {
 	n       int64     // data length
 	sum     chunk.Sum // whole-chunk checksum
 	dataOff int64     // file offset of the data
-	// table is the version 2 block-sum table, chunk.SumSize bytes per
-	// block, once checkTable has verified it.
+	// table is the version 2 or 3 block-sum table, entrySize() bytes
+	// per block, once checkTable has verified it.
 	table []byte
 }
 
+// entrySize is the size of a block-sum table entry of h's version (0 for
+// version 1, which has no table).
+func (h *header) entrySize() int64 {
+	switch h.version {
+	case formatV2:
+		return blockSumSizeV2
+	case formatV3:
+		return blockSumSizeV3
+	}
+	return 0
+}
+
 // parseFixed checks the fixed part of the header at the start of b, which
-// may hold more of the file, for chunk id. For version 2 it does not read
+// may hold more of the file, for chunk id. For versions 2 and 3 it does not read
 // or verify the block-sum table (see checkTable). Every failure wraps
 // chunk.ErrCorrupt.
 func parseFixed(id chunk.ID, b []byte) (header, error) {
@@ -132,7 +158,7 @@ func parseFixed(id chunk.ID, b []byte) (header, error) {
 		if b[5] != 0 || b[6] != 0 || b[7] != 0 {
 			return header{}, fmt.Errorf("%w: reserved header bytes not zero", chunk.ErrCorrupt)
 		}
-	case formatV2:
+	case formatV2, formatV3:
 		size = headerSizeV2
 		if b[5] != blockShift {
 			return header{}, fmt.Errorf("%w: block size 2^%d, want 2^%d", chunk.ErrCorrupt, b[5], blockShift)
@@ -153,9 +179,7 @@ func parseFixed(id chunk.ID, b []byte) (header, error) {
 	h.n = int64(binary.LittleEndian.Uint32(b[8:12]))
 	h.sum = chunk.Sum(b[28:60])
 	h.dataOff = int64(size)
-	if h.version == formatV2 {
-		h.dataOff += numBlocks(h.n) * chunk.SumSize
-	}
+	h.dataOff += numBlocks(h.n) * h.entrySize()
 	return h, nil
 }
 
@@ -168,7 +192,7 @@ func (h *header) checkFileSize(size int64) error {
 	return nil
 }
 
-// checkTable verifies a version 2 header: meta holds the file's first
+// checkTable verifies a version 2 or 3 header: meta holds the file's first
 // h.dataOff bytes (fixed header and block-sum table), whose header sum must
 // match. On success h keeps the table.
 func (h *header) checkTable(meta []byte) error {
@@ -183,13 +207,22 @@ func (h *header) checkTable(meta []byte) error {
 }
 
 // checkBlocks verifies data, which holds whole blocks first, first+1, ...
-// of a version 2 chunk (the last possibly the chunk's short final block),
-// against the verified block-sum table. The error names the first bad
-// block.
+// of a version 2 or 3 chunk (the last possibly the chunk's short final
+// block), against the verified block-sum table. The error names the first
+// bad block.
 func (h *header) checkBlocks(first int64, data []byte) error {
+	es := h.entrySize()
 	for i := range numBlocks(int64(len(data))) {
 		b := block(data, i)
-		if idx := first + i; blake3.Sum256(b) != chunk.Sum(h.table[idx*chunk.SumSize:(idx+1)*chunk.SumSize]) {
+		idx := first + i
+		want := h.table[idx*es : (idx+1)*es]
+		var ok bool
+		if h.version == formatV2 {
+			ok = blake3.Sum256(b) == [blockSumSizeV2]byte(want)
+		} else {
+			ok = blockSumV3(b) == [blockSumSizeV3]byte(want)
+		}
+		if !ok {
 			return fmt.Errorf("%w: block %d (data bytes [%d, %d)) checksum mismatch",
 				chunk.ErrCorrupt, idx, idx*BlockSize, idx*BlockSize+int64(len(b)))
 		}
@@ -199,8 +232,8 @@ func (h *header) checkBlocks(first int64, data []byte) error {
 
 // decodeChunk checks that b is a complete, well-formed chunk file (either
 // version) for chunk id and returns its data (a sub-slice of b) and
-// checksum. Everything is verified: for version 2 the header sum, every
-// block sum and the whole-chunk sum. Every failure wraps chunk.ErrCorrupt;
+// checksum. Everything is verified: for versions 2 and 3 the header sum,
+// every block sum and the whole-chunk sum. Every failure wraps chunk.ErrCorrupt;
 // no data is returned with an error.
 func decodeChunk(id chunk.ID, b []byte) ([]byte, chunk.Sum, error) {
 	h, err := parseFixed(id, b)
@@ -240,7 +273,7 @@ func decodeChunk(id chunk.ID, b []byte) ([]byte, chunk.Sum, error) {
 
 // readRange returns bytes [off, off+n) of the data of chunk id, clamped to
 // the data's length, from the chunk file r of size bytes. For a version 2
-// file it reads the header and block-sum table, verifies the header sum,
+// or 3 file it reads the header and block-sum table, verifies the header sum,
 // reads only the blocks that overlap the range and verifies each. A version
 // 1 file has one checksum over all the data, so it is read and verified
 // whole. Corruption, a malformed file, a file that ends early and EIO wrap
@@ -268,7 +301,7 @@ func readRange(r io.ReaderAt, size int64, id chunk.ID, off, n int64) ([]byte, er
 }
 
 // loadHeader reads and checks the header of chunk id from the chunk file r
-// of size bytes: the fixed part and the file size and, for version 2, the
+// of size bytes: the fixed part and the file size and, for versions 2 and 3, the
 // block-sum table under its header sum (h.table is then set). It returns
 // the header and the bytes it read from the start of the file (for version
 // 1, the caller reads the rest). Failures wrap chunk.ErrCorrupt.
@@ -308,7 +341,7 @@ func loadHeader(r io.ReaderAt, size int64, id chunk.ID) (header, []byte, error) 
 	return h, pre, nil
 }
 
-// readBlocks returns bytes [off, off+n) of the data of a version 2 chunk,
+// readBlocks returns bytes [off, off+n) of the data of a version 2 or 3 chunk,
 // clamped to its length, from its file r: it reads (one pread) the blocks
 // that overlap the range and verifies each against h's block-sum table,
 // which loadHeader verified. Failures wrap chunk.ErrCorrupt and return no
@@ -346,7 +379,7 @@ func (h *header) readBlocks(r io.ReaderAt, off, n int64) ([]byte, error) {
 }
 
 // readBlocksInto reads bytes [off, off+len(p)) of the data of a version 2
-// chunk, clamped to its length, into p, verified as readBlocks verifies
+// or 3 chunk, clamped to its length, into p, verified as readBlocks verifies
 // them, and returns how many bytes it read. A range that starts on a block
 // boundary and ends on one (or at the end of the data), as a 1 MiB READ
 // of a file does, is read straight into p and verified there: no buffer

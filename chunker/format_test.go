@@ -6,6 +6,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/zeebo/xxh3"
+
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 )
 
@@ -32,6 +34,33 @@ func encodeChunkV1(id chunk.ID, data []byte) []byte {
 	return append(h[:], data...)
 }
 
+// encodeHeaderV2 is the encoder of format version 2, as it was before
+// version 3 replaced it: BLAKE3-256 block sums.
+func encodeHeaderV2(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
+	nb := numBlocks(int64(len(data)))
+	h := make([]byte, headerSizeV2+nb*blockSumSizeV2)
+	for i := range nb {
+		s := sumOf(block(data, i))
+		copy(h[headerSizeV2+i*blockSumSizeV2:], s[:])
+	}
+	sum := sumOf(data)
+	copy(h[0:4], chunkMagic)
+	h[4] = formatV2
+	h[5] = blockShift
+	binary.LittleEndian.PutUint32(h[8:12], uint32(len(data)))
+	copy(h[12:28], id[:])
+	copy(h[28:60], sum[:])
+	hs := headerSum(h)
+	copy(h[60:92], hs[:])
+	return h, sum
+}
+
+// encodeChunkV2 returns a whole version 2 chunk file.
+func encodeChunkV2(id chunk.ID, data []byte) []byte {
+	h, _ := encodeHeaderV2(id, data)
+	return append(h, data...)
+}
+
 // encodeChunk returns a whole chunk file in the current format.
 func encodeChunk(id chunk.ID, data []byte) []byte {
 	h, _ := encodeHeader(id, data)
@@ -41,7 +70,7 @@ func encodeChunk(id chunk.ID, data []byte) []byte {
 // dataOffset returns where the data of an n-byte chunk starts in a chunk
 // file of the current format.
 func dataOffset(n int) int {
-	return headerSizeV2 + int(numBlocks(int64(n)))*chunk.SumSize
+	return headerSizeV2 + int(numBlocks(int64(n)))*blockSumSizeV3
 }
 
 // pattern returns n bytes that differ from block to block.
@@ -56,10 +85,10 @@ func pattern(n int, seed byte) []byte {
 func TestEncodeHeaderLayout(t *testing.T) {
 	data := pattern(2*BlockSize+5, 3)
 	b := encodeChunk(fuzzID, data)
-	if len(b) != headerSizeV2+3*chunk.SumSize+len(data) || dataOffset(len(data)) != headerSizeV2+3*chunk.SumSize {
+	if len(b) != headerSizeV2+3*16+len(data) || dataOffset(len(data)) != headerSizeV2+3*16 {
 		t.Fatalf("file is %d bytes for %d data bytes", len(b), len(data))
 	}
-	if string(b[:4]) != chunkMagic || b[4] != formatV2 || b[5] != blockShift || b[6] != 0 || b[7] != 0 {
+	if string(b[:4]) != chunkMagic || b[4] != formatV3 || b[5] != blockShift || b[6] != 0 || b[7] != 0 {
 		t.Fatalf("bad fixed header % x", b[:8])
 	}
 	if binary.LittleEndian.Uint32(b[8:12]) != uint32(len(data)) || chunk.ID(b[12:28]) != fuzzID {
@@ -69,9 +98,10 @@ func TestEncodeHeaderLayout(t *testing.T) {
 		t.Fatal("whole-chunk sum is not BLAKE3-256 of the data")
 	}
 	for i := range 3 {
-		got := chunk.Sum(b[headerSizeV2+i*chunk.SumSize:])
-		if want := sumOf(block(data, int64(i))); got != want {
-			t.Fatalf("block %d sum wrong", i)
+		got := b[headerSizeV2+i*16 : headerSizeV2+(i+1)*16]
+		want := xxh3.Hash128(block(data, int64(i))).Bytes()
+		if !bytes.Equal(got, want[:]) {
+			t.Fatalf("block %d sum is not XXH3-128 of the block", i)
 		}
 	}
 	if chunk.Sum(b[60:92]) != headerSum(b[:dataOffset(len(data))]) {
@@ -90,6 +120,8 @@ func FuzzDecodeChunk(f *testing.F) {
 	f.Add(encodeChunk(chunk.ID{}, []byte("other id")))
 	f.Add(encodeChunkV1(fuzzID, []byte("hello, wormhole")))
 	f.Add(encodeChunkV1(fuzzID, nil))
+	f.Add(encodeChunkV2(fuzzID, []byte("hello, wormhole")))
+	f.Add(encodeChunkV2(fuzzID, pattern(BlockSize+1, 1)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		orig := bytes.Clone(b)
 		data, sum, err := decodeChunk(fuzzID, b)
@@ -105,8 +137,11 @@ func FuzzDecodeChunk(f *testing.F) {
 		// Accepted input must be exactly the encoding of what came out,
 		// in its version: so every sum in it is the sum of its data.
 		re := encodeChunk(fuzzID, data)
-		if orig[4] == formatV1 {
+		switch orig[4] {
+		case formatV1:
 			re = encodeChunkV1(fuzzID, data)
+		case formatV2:
+			re = encodeChunkV2(fuzzID, data)
 		}
 		if !bytes.Equal(re, orig) {
 			t.Fatalf("decode/encode round trip differs:\n in  %x\n out %x", orig, re)
@@ -137,6 +172,7 @@ func FuzzReadRange(f *testing.F) {
 	f.Add(encodeChunk(fuzzID, pattern(BlockSize, 4)), uint32(BlockSize), uint32(1))
 	f.Add(encodeChunk(fuzzID, nil), uint32(0), uint32(0))
 	f.Add(encodeChunkV1(fuzzID, []byte("version one")), uint32(2), uint32(100))
+	f.Add(encodeChunkV2(fuzzID, pattern(2*BlockSize+7, 3)), uint32(BlockSize-3), uint32(9))
 	f.Add([]byte("WHC1\x02\x10"), uint32(0), uint32(1))
 	f.Fuzz(func(t *testing.T, b []byte, off, n uint32) {
 		orig := bytes.Clone(b)
@@ -172,6 +208,7 @@ func TestDecodeChunkRejectsEveryBitFlip(t *testing.T) {
 	for _, valid := range [][]byte{
 		encodeChunk(fuzzID, []byte("0123456789")),
 		encodeChunkV1(fuzzID, []byte("0123456789")),
+		encodeChunkV2(fuzzID, []byte("0123456789")),
 	} {
 		for i := range len(valid) * 8 {
 			b := bytes.Clone(valid)

@@ -178,7 +178,7 @@ func (s *LocalStore) Path(id chunk.ID) string {
 }
 
 // Put stores data as chunk id and returns its BLAKE3-256 checksum. The chunk
-// file (format version 2) records that checksum and one per BlockSize block,
+// file (format version 3) records that checksum and one per BlockSize block,
 // all computed in one pass over data. The chunk is written to a temporary file, synced, renamed into place and the
 // directory synced, so it is durable when Put returns and a crash leaves
 // either no chunk or the whole chunk. Putting an ID again replaces the
@@ -263,7 +263,7 @@ func (s *LocalStore) syncDir(rel string) error {
 }
 
 // Get returns the data of chunk id. Everything is verified on every call:
-// the header, the length, and the checksums (for a version 2 file the
+// the header, the length, and the checksums (for a version 2 or 3 file the
 // header sum, every block sum and the whole-chunk sum). A chunk that fails
 // any check (or that the disk cannot read, EIO) yields an error wrapping
 // chunk.ErrCorrupt that names the chunk and its path, is logged at error
@@ -293,7 +293,7 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 
 // GetRange returns bytes [off, off+n) of chunk id, clamped to the chunk's
 // length: fewer than n bytes (possibly none) when the range passes the end.
-// Of a version 2 chunk file it reads (with pread) only the header, the
+// Of a version 2 or 3 chunk file it reads (with pread) only the header, the
 // block-sum table and the BlockSize blocks that overlap the range, and
 // verifies the header sum and each of those blocks; so it costs
 // O(n + BlockSize), not O(chunk length). A version 1 file has no block
@@ -358,10 +358,10 @@ func (s *LocalStore) ReadRange(ctx context.Context, id chunk.ID, p []byte, off i
 }
 
 // readCached runs the read of bytes [off, off+n) of chunk id: v2 with the
-// verified header and file of a version 2 chunk, v1 with the file and its
+// verified header and file of a version 2 or 3 chunk, v1 with the file and its
 // size of a version 1 chunk. The file comes from the open-file cache: a
 // cached file costs only what v2 reads; a file not cached is opened, its
-// header verified, and (version 2) added to the cache. A chunk found
+// header verified, and (versions 2 and 3) added to the cache. A chunk found
 // corrupt is dropped from the cache and logged. Errors name the store, the
 // chunk and its path; a missing chunk wraps chunk.ErrNotFound, a damaged
 // one chunk.ErrCorrupt.
@@ -403,7 +403,7 @@ func (s *LocalStore) readOpen(id chunk.ID, v2 func(h *header, f io.ReaderAt) err
 		return err
 	}
 	h, _, err := loadHeader(f, size, id)
-	if err == nil && h.version == formatV2 {
+	if err == nil && h.version != formatV1 {
 		if slot != nil && s.cache.add(slot, f, h) {
 			err := v2(&h, f)
 			s.cache.release(slot)

@@ -47,7 +47,7 @@ const (
 const openEntryOverhead = 256
 
 // openChunk is one entry of the cache: a chunk file open for reading and
-// its verified version 2 header. While loading is true the entry is a
+// its verified version 2 or 3 header. While loading is true the entry is a
 // placeholder (no file yet), in the map but not in the LRU list.
 type openChunk struct {
 	id      chunk.ID

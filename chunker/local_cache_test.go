@@ -135,7 +135,7 @@ func TestOpenCacheBounds(t *testing.T) {
 	}{
 		{files: 3, bytes: 1 << 20, wantFiles: 3},
 		// Each entry costs its header and table plus openEntryOverhead.
-		{files: 100, bytes: 2 * (openEntryOverhead + 2*chunk.SumSize), wantFiles: 2},
+		{files: 100, bytes: 2 * (openEntryOverhead + 2*blockSumSizeV3), wantFiles: 2},
 		{files: 0, bytes: 1 << 20, wantFiles: 0},
 		{files: 100, bytes: 0, wantFiles: 0},
 	} {

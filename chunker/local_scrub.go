@@ -23,7 +23,7 @@ import (
 const QuarantineDir = "quarantine"
 
 // Verify reads the whole file of chunk id and checks it as Get does: the
-// header, the length and, for a version 2 file, the header sum, every
+// header, the length and, for a version 2 or 3 file, the header sum, every
 // block sum and the whole-chunk sum (for version 1, the one sum). It
 // returns the number of bytes of the file it read, which is the file size
 // when the read succeeded.

@@ -190,7 +190,7 @@ func TestLocalGetRangeCorruptHeader(t *testing.T) {
 		corrupt func([]byte) []byte
 	}{
 		{"block-sum table, entry of another block", flip(headerSizeV2 + 5)},
-		{"block-sum table, entry of the block read", flip(headerSizeV2 + 2*chunk.SumSize + 31)},
+		{"block-sum table, entry of the block read", flip(headerSizeV2 + 2*blockSumSizeV3 + 15)},
 		{"header sum", flip(70)},
 		{"whole-chunk sum", flip(40)},
 		{"length", flip(9)},
@@ -351,4 +351,37 @@ func TestFilesRangeShorterThanMap(t *testing.T) {
 	if n, err := f.ReadAt(ctx, ino, 10000, p, 4950); !errors.Is(err, chunk.ErrCorrupt) || n != 0 {
 		t.Errorf("ReadAt past a short chunk's end = %d, %v; want 0, ErrCorrupt", n, err)
 	}
+}
+
+// TestLocalReadsVersion2 checks that chunk files written before version 3
+// (BLAKE3 block sums) are still served by every read path, verified, and
+// that damage in one of their blocks is still caught.
+func TestLocalReadsVersion2(t *testing.T) {
+	ctx := t.Context()
+	s := openTestStore(t)
+	id := chunk.NewID()
+	data := pattern(3*BlockSize+100, 6)
+	file := encodeChunkV2(id, data)
+	writeFile(t, s.Path(id), file)
+	if got, err := s.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get of a version 2 chunk = %d bytes, %v", len(got), err)
+	}
+	if n, err := s.Verify(ctx, id); err != nil || n != int64(len(file)) {
+		t.Fatalf("Verify of a version 2 chunk = %d, %v", n, err)
+	}
+	n := int64(len(data))
+	for _, r := range [][2]int64{{0, n}, {BlockSize, BlockSize}, {BlockSize - 3, 10}, {n - 5, 100}, {3 * BlockSize, 100}} {
+		checkRange(t, s, id, data, r[0], r[1])
+	}
+
+	bad := bytes.Clone(file)
+	bad[len(file)-len(data)+2*BlockSize+9] ^= 0x20 // a byte of block 2
+	writeFile(t, s.Path(id), bad)
+	s.cache.drop(id) // as a Put or a repair of the file would
+	k, err := s.ReadRange(ctx, id, make([]byte, BlockSize), 2*BlockSize)
+	wantCorrupt(t, s, id, nil, err, "block 2")
+	if k != 0 {
+		t.Fatalf("ReadRange of a damaged version 2 block read %d bytes", k)
+	}
+	checkRange(t, s, id, data, 0, 2*BlockSize) // blocks 0 and 1 still read
 }

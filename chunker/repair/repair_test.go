@@ -162,10 +162,13 @@ func TestDrain(t *testing.T) {
 	}
 	checkConverged(t, net, ch, 2)
 
-	st, err := w.State(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The pass's end is written to etcd after it shows in Progress.
+	var st Progress
+	waitFor(t, "the finished pass in etcd", func() bool {
+		var err error
+		st, err = w.State(t.Context())
+		return err == nil && st.Pass >= 1 && !st.Running
+	})
 	if st.Pass != 1 || st.Running || st.Deleted != p.Deleted || st.DrainRemaining["n2"] != 0 || st.Leader != "w1" {
 		t.Errorf("state in etcd %+v, want the pass's progress %+v", st, p)
 	}
