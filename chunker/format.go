@@ -70,6 +70,10 @@ func block(data []byte, i int64) []byte {
 	return data[i*BlockSize : min((i+1)*BlockSize, int64(len(data)))]
 }
 
+// headerLen is the size of the version 3 header (fixed part and block-sum
+// table) of a chunk of n bytes: where its data starts in the file.
+func headerLen(n int64) int64 { return headerSizeV2 + numBlocks(n)*blockSumSizeV3 }
+
 // encodeHeader returns the version 3 header (fixed part and block-sum
 // table) of the chunk file holding data as chunk id, and the data's
 // checksum. The data is read once: each block feeds the whole-chunk hash
@@ -77,7 +81,7 @@ func block(data []byte, i int64) []byte {
 // MaxChunkLen.
 func encodeHeader(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
 	nb := numBlocks(int64(len(data)))
-	h := make([]byte, headerSizeV2+nb*blockSumSizeV3)
+	h := make([]byte, headerLen(int64(len(data))))
 	whole := blake3.New()
 	for i := range nb {
 		b := block(data, i)

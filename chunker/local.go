@@ -192,7 +192,6 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	if uint64(len(data)) > MaxChunkLen {
 		return chunk.Sum{}, fmt.Errorf("chunk store %s: put chunk %s: %d bytes exceeds the %d-byte limit", s.dir, id, len(data), uint64(MaxChunkLen))
 	}
-	hdr, sum := encodeHeader(id, data)
 	sub, rel := relPath(id)
 	tmp := sub + "/" + tmpPrefix + id.String() + "-" + chunk.NewID().String()[:16]
 
@@ -200,7 +199,8 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	if err != nil {
 		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
 	}
-	if err := writeSyncClose(f, hdr, data); err != nil {
+	sum, err := writeSyncClose(f, id, data)
+	if err != nil {
 		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
 		}
@@ -221,19 +221,27 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	return sum, nil
 }
 
-// writeSyncClose writes hdr and data to f, syncs it and closes it.
-func writeSyncClose(f *os.File, hdr, data []byte) error {
-	_, err := f.Write(hdr)
-	if err == nil {
-		_, err = f.Write(data)
+// writeSyncClose writes the chunk file of data as chunk id to the empty
+// file f, syncs it, closes it and returns the data's checksum. The data
+// goes first, to its place after the header, and the device is asked to
+// start writing it back; the sums are computed while it does, then the
+// header is written and the file synced, which then waits for less.
+func writeSyncClose(f *os.File, id chunk.ID, data []byte) (chunk.Sum, error) {
+	dataOff := headerLen(int64(len(data)))
+	if _, err := f.WriteAt(data, dataOff); err != nil {
+		_ = f.Close() // the caller removes the file
+		return chunk.Sum{}, err
 	}
+	startWriteback(f, dataOff, int64(len(data)))
+	hdr, sum := encodeHeader(id, data)
+	_, err := f.WriteAt(hdr, 0)
 	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	return sum, err
 }
 
 // putErr wraps an error of Put, adding chunk.ErrNoSpace when the disk or
