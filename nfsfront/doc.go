@@ -19,7 +19,9 @@
 //
 // A connection serves up to maxInFlight calls at once and answers each
 // when it is done, in any order; the records handed to go-nfs are served
-// one at a time.
+// one at a time. Quick calls (GETATTR, LOOKUP, ACCESS, small READs) that
+// arrive alone are served on the connection's reader goroutine while they
+// stay fast (quick.go).
 //
 // # Writes
 //

@@ -14,7 +14,8 @@ import (
 
 // rpcConn owns one client connection. It reads whole RPC records (joining
 // fragments, refusing oversized ones before allocating) and serves up to
-// maxInFlight of them at once, each on a goroutine of its own: what
+// maxInFlight of them at once, each on a goroutine of its own (but for
+// quick calls, which it may serve itself: quick.go): what
 // dispatch serves itself (our NFS procedures, MOUNT, the portmapper and
 // every RPC-level refusal) is answered as soon as it is done, so replies
 // may leave in any order (clients match them by xid); every other record
@@ -28,6 +29,9 @@ type rpcConn struct {
 	o    origin
 	wmu  sync.Mutex
 	feed chan []byte // records for go-nfs, each with its record mark
+	// quick times the connection's quick calls, which it serves on its
+	// reader goroutine while they are fast (quick.go).
+	quick quickTimes
 }
 
 // maxInFlight bounds the calls of one connection served at once. The
@@ -135,8 +139,21 @@ func (c *rpcConn) serve(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		quick := quickCall(rec)
+		if quick && br.Buffered() == 0 && c.quick.inline() {
+			start := time.Now()
+			serveCall(rec)
+			c.quick.note(time.Since(start))
+			<-c.srv.callSlots
+			<-slots
+			continue
+		}
 		calls.Go(func() {
 			defer func() { <-c.srv.callSlots; <-slots }()
+			if quick {
+				start := time.Now()
+				defer func() { c.quick.note(time.Since(start)) }()
+			}
 			serveCall(rec)
 		})
 	}

@@ -1,0 +1,71 @@
+package nfsfront
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// A call that reads attributes, looks a name up or reads a few kilobytes
+// is usually answered from memory in tens of microseconds, less than it
+// costs to hand it to a goroutine of its own and wake a thread to run it.
+// A connection therefore serves such a call on its reader goroutine when
+// no other record is waiting in its buffer and its recent quick calls were
+// fast; while the call runs, the connection reads nothing more, so a
+// record that arrives meanwhile waits for it. Each connection keeps a
+// moving average of its quick calls' times, and serves them on goroutines
+// of their own again when it passes inlineLimit (a cluster node whose
+// every lookup is an etcd round trip, or an etcd that stalls): the most a
+// slow quick call can hold up is the calls that arrive while it runs.
+
+// inlineLimit is the average time of a connection's quick calls above
+// which they are no longer served on its reader goroutine.
+const inlineLimit = 200 * time.Microsecond
+
+// quickReadMax is the largest READ that counts as a quick call.
+const quickReadMax = 64 << 10
+
+// quickCall reports whether rec is a quick call: an NFSv3 GETATTR, LOOKUP
+// or ACCESS, or a READ of at most quickReadMax bytes (NULL is not: go-nfs
+// answers it). A record
+// that does not parse is not quick (dispatch answers it).
+func quickCall(rec []byte) bool {
+	h, err := parseCall(rec)
+	if err != nil || h.prog != progNFS || h.vers != nfsVers {
+		return false
+	}
+	switch h.proc {
+	case procGetattr, procLookup, procAccess:
+		return true
+	case procRead:
+		d := xdrDecoder{b: h.args}
+		_ = d.opaque(maxFHSize)
+		_ = d.u64() // offset
+		count := d.u32()
+		return d.err == nil && count <= quickReadMax
+	}
+	return false
+}
+
+// quickTimes is a connection's moving average of the time its quick calls
+// take. It starts at inlineLimit: a connection's first quick calls run on
+// goroutines of their own until they have shown to be fast.
+type quickTimes struct {
+	avg atomic.Int64 // nanoseconds; zero means not started (inlineLimit)
+}
+
+// inline reports whether a quick call may run on the reader goroutine.
+func (q *quickTimes) inline() bool {
+	avg := q.avg.Load()
+	return avg != 0 && time.Duration(avg) < inlineLimit
+}
+
+// note records that a quick call took d: the average moves an eighth of
+// the way to it. Concurrent notes may lose one another; the average
+// stays a fair one.
+func (q *quickTimes) note(d time.Duration) {
+	avg := q.avg.Load()
+	if avg == 0 {
+		avg = int64(inlineLimit)
+	}
+	q.avg.Store(max(avg+(int64(d)-avg)/8, 1))
+}
