@@ -76,21 +76,31 @@ func headerLen(n int64) int64 { return headerSizeV2 + numBlocks(n)*blockSumSizeV
 
 // encodeHeader returns the version 3 header (fixed part and block-sum
 // table) of the chunk file holding data as chunk id, and the data's
-// checksum. The data is read once: each block feeds the whole-chunk hash
-// and its own block sum while it is in cache. len(data) must not exceed
+// checksum: known, when the caller computed it over data, else computed
+// here. The data is read once: each block feeds the whole-chunk hash and
+// its own block sum while it is in cache. len(data) must not exceed
 // MaxChunkLen.
-func encodeHeader(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
+func encodeHeader(id chunk.ID, data []byte, known *chunk.Sum) ([]byte, chunk.Sum) {
 	nb := numBlocks(int64(len(data)))
 	h := make([]byte, headerLen(int64(len(data))))
-	whole := blake3.New()
+	var whole *blake3.Hasher
+	if known == nil {
+		whole = blake3.New()
+	}
 	for i := range nb {
 		b := block(data, i)
-		_, _ = whole.Write(b) // never fails
+		if whole != nil {
+			_, _ = whole.Write(b) // never fails
+		}
 		s := blockSumV3(b)
 		copy(h[headerSizeV2+i*blockSumSizeV3:], s[:])
 	}
 	var sum chunk.Sum
-	whole.Sum(sum[:0])
+	if whole != nil {
+		whole.Sum(sum[:0])
+	} else {
+		sum = *known
+	}
 	copy(h[0:4], chunkMagic)
 	h[4] = formatV3
 	h[5] = blockShift

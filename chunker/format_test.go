@@ -63,7 +63,7 @@ func encodeChunkV2(id chunk.ID, data []byte) []byte {
 
 // encodeChunk returns a whole chunk file in the current format.
 func encodeChunk(id chunk.ID, data []byte) []byte {
-	h, _ := encodeHeader(id, data)
+	h, _ := encodeHeader(id, data, nil)
 	return append(h, data...)
 }
 

@@ -186,6 +186,21 @@ func (s *LocalStore) Path(id chunk.ID) string {
 // disk or exhausted quota yields an error wrapping chunk.ErrNoSpace. Put does
 // not keep data after it returns.
 func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error) {
+	return s.put(ctx, id, data, nil)
+}
+
+// PutSummed stores data as chunk id as Put does, with sum, which the
+// caller computed over data, as its checksum: only the block sums are
+// computed. A wrong sum makes a chunk that every full read (Get, scrub)
+// finds corrupt; data that came from elsewhere goes through Put, or is
+// checked against its sum first.
+func (s *LocalStore) PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error {
+	_, err := s.put(ctx, id, data, &sum)
+	return err
+}
+
+// put is Put, with the whole-data sum computed when sum is nil.
+func (s *LocalStore) put(ctx context.Context, id chunk.ID, data []byte, sum *chunk.Sum) (chunk.Sum, error) {
 	if err := ctx.Err(); err != nil {
 		return chunk.Sum{}, fmt.Errorf("chunk store %s: put chunk %s: %w", s.dir, id, err)
 	}
@@ -199,7 +214,7 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	if err != nil {
 		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
 	}
-	sum, err := writeSyncClose(f, id, data)
+	stored, err := writeSyncClose(f, id, data, sum)
 	if err != nil {
 		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
@@ -218,22 +233,23 @@ func (s *LocalStore) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.S
 	if err := s.syncDir(sub); err != nil {
 		return chunk.Sum{}, s.putErr(id, "sync directory", err)
 	}
-	return sum, nil
+	return stored, nil
 }
 
 // writeSyncClose writes the chunk file of data as chunk id to the empty
-// file f, syncs it, closes it and returns the data's checksum. The data
+// file f, syncs it, closes it and returns the data's checksum (sum, when
+// the caller has it, else computed with the block sums). The data
 // goes first, to its place after the header, and the device is asked to
 // start writing it back; the sums are computed while it does, then the
 // header is written and the file synced, which then waits for less.
-func writeSyncClose(f *os.File, id chunk.ID, data []byte) (chunk.Sum, error) {
+func writeSyncClose(f *os.File, id chunk.ID, data []byte, sum *chunk.Sum) (chunk.Sum, error) {
 	dataOff := headerLen(int64(len(data)))
 	if _, err := f.WriteAt(data, dataOff); err != nil {
 		_ = f.Close() // the caller removes the file
 		return chunk.Sum{}, err
 	}
 	startWriteback(f, dataOff, int64(len(data)))
-	hdr, sum := encodeHeader(id, data)
+	hdr, whole := encodeHeader(id, data, sum)
 	_, err := f.WriteAt(hdr, 0)
 	if err == nil {
 		err = f.Sync()
@@ -241,7 +257,7 @@ func writeSyncClose(f *os.File, id chunk.ID, data []byte) (chunk.Sum, error) {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return sum, err
+	return whole, err
 }
 
 // putErr wraps an error of Put, adding chunk.ErrNoSpace when the disk or

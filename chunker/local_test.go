@@ -369,3 +369,28 @@ func TestLocalConcurrent(t *testing.T) {
 		t.Errorf("%d chunk files left", n)
 	}
 }
+
+// TestLocalPutSummed checks that a chunk stored with the caller's checksum
+// reads back whole and in ranges, and that a checksum that does not match
+// the data makes a chunk every full read calls corrupt.
+func TestLocalPutSummed(t *testing.T) {
+	ctx := t.Context()
+	s := openTestStore(t)
+	data := pattern(2*BlockSize+77, 4)
+	id := chunk.NewID()
+	if err := s.PutSummed(ctx, id, data, sumOf(data)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get = %d bytes, %v", len(got), err)
+	}
+	checkRange(t, s, id, data, BlockSize-5, 10)
+
+	wrong := chunk.NewID()
+	if err := s.PutSummed(ctx, wrong, data, sumOf(data[1:])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, wrong); !errors.Is(err, chunk.ErrCorrupt) {
+		t.Fatalf("Get of a chunk stored with a wrong sum: %v, want ErrCorrupt", err)
+	}
+}

@@ -193,27 +193,38 @@ func (c *Client) responseError(resp *http.Response, op string, id chunk.ID) erro
 // client computed and stored it durably.
 func (c *Client) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, error) {
 	sum := chunk.Sum(blake3.Sum256(data))
+	if err := c.PutSummed(ctx, id, data, sum); err != nil {
+		return chunk.Sum{}, err
+	}
+	return sum, nil
+}
+
+// PutSummed is Put for data whose checksum the caller computed (it makes
+// Client a chunker.SummedPutter): the peer verifies the data against sum
+// before storing it, so a wrong sum fails with ErrSumMismatch and stores
+// nothing.
+func (c *Client) PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error {
 	if data == nil {
 		data = []byte{}
 	}
 	resp, cancel, err := c.do(ctx, "put", http.MethodPut, id, data, &sum)
 	if err != nil {
-		return chunk.Sum{}, err
+		return err
 	}
 	defer cancel()
 	if resp.StatusCode != http.StatusCreated {
-		return chunk.Sum{}, c.responseError(resp, "put", id)
+		return c.responseError(resp, "put", id)
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxMessage))
 	_ = resp.Body.Close()
 	got, err := parseSum(resp.Header.Get(SumHeader))
 	if err != nil {
-		return chunk.Sum{}, fmt.Errorf("peer %s: put chunk %s: %w: %w", c.addr, id, ErrProtocol, err)
+		return fmt.Errorf("peer %s: put chunk %s: %w: %w", c.addr, id, ErrProtocol, err)
 	}
 	if got != sum {
-		return chunk.Sum{}, fmt.Errorf("peer %s: put chunk %s: peer stored sum %x, want %x: %w", c.addr, id, got, sum, ErrSumMismatch)
+		return fmt.Errorf("peer %s: put chunk %s: peer stored sum %x, want %x: %w", c.addr, id, got, sum, ErrSumMismatch)
 	}
-	return sum, nil
+	return nil
 }
 
 // Get fetches chunk id from the peer and verifies it against the sum the

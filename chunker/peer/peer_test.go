@@ -783,3 +783,26 @@ func TestHealthCheckClosesDeadConnection(t *testing.T) {
 	}
 	t.Logf("Get through a frozen connection failed after %v: %v", took, err)
 }
+
+// TestPutSummed checks the put that carries the caller's checksum: the
+// peer stores data that matches it, and refuses (storing nothing) data
+// that does not.
+func TestPutSummed(t *testing.T) {
+	store, _, c, _ := setup(t, peer.ServerOptions{})
+	ctx := t.Context()
+	id := chunk.NewID()
+	data := pattern(3<<16+5, 7)
+	if err := c.PutSummed(ctx, id, data, chunk.Sum(blake3.Sum256(data))); err != nil {
+		t.Fatalf("PutSummed: %v", err)
+	}
+	if got, err := store.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("server store has %d bytes, err %v; want the %d bytes put", len(got), err, len(data))
+	}
+	bad := chunk.NewID()
+	if err := c.PutSummed(ctx, bad, data, chunk.Sum(blake3.Sum256(data[1:]))); !errors.Is(err, peer.ErrSumMismatch) {
+		t.Fatalf("PutSummed with a wrong sum: %v, want ErrSumMismatch", err)
+	}
+	if ok, err := c.Has(ctx, bad); ok || err != nil {
+		t.Fatalf("Has after a refused put = %v, %v; want false", ok, err)
+	}
+}

@@ -45,6 +45,12 @@ type Store interface {
 	Delete(ctx context.Context, id chunk.ID) error
 }
 
+// summedStore is implemented by stores that can store data whose sum
+// the caller has checked, without hashing it again (chunker.SummedPutter).
+type summedStore interface {
+	PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error
+}
+
 // hasStore is implemented by stores that can tell whether they hold a
 // good copy of a chunk without returning it. Stores without it answer HEAD
 // by reading (and so verifying) the chunk.
@@ -270,7 +276,14 @@ func (s *Server) put(ctx context.Context, w http.ResponseWriter, r *http.Request
 	if got := chunk.Sum(blake3.Sum256(data)); got != want {
 		return fmt.Errorf("%w: %d bytes have sum %x, sender said %x", ErrSumMismatch, len(data), got, want)
 	}
-	stored, err := s.store.Put(ctx, id, data)
+	stored := want
+	if ss, ok := s.store.(summedStore); ok {
+		// The sum was just checked: the store need not hash the data
+		// whole again.
+		err = ss.PutSummed(ctx, id, data, want)
+	} else {
+		stored, err = s.store.Put(ctx, id, data)
+	}
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,13 @@ const maxDeleteParallel = 16
 // than that of the data sent; that copy is not counted.
 var ErrSumMismatch = errors.New("node reported a wrong checksum")
 
+// summedPutter is implemented by stores that take a chunk's checksum from
+// the caller instead of hashing the data again: chunker.LocalStore records
+// it as it is, peer.Client has the peer check the data against it.
+type summedPutter interface {
+	PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error
+}
+
 // putResult is the outcome of storing one copy.
 type putResult struct {
 	node string
@@ -125,17 +132,25 @@ func (s *Store) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, e
 func (s *Store) putOne(ctx context.Context, self, node string, id chunk.ID, data []byte, want chunk.Sum) error {
 	ctx, cancel := s.opContext(ctx)
 	defer cancel()
-	var (
-		got chunk.Sum
-		err error
-	)
+	var store any = s.self
+	if node != self {
+		r, err := s.dialer.Remote(node)
+		if err != nil {
+			return err
+		}
+		store = r
+	}
+	if sp, ok := store.(summedPutter); ok {
+		// The sum is computed once for all copies: this node's store
+		// takes it as it is, a peer checks the data against it.
+		return sp.PutSummed(ctx, id, data, want)
+	}
+	var got chunk.Sum
+	var err error
 	if node == self {
 		got, err = s.self.Put(ctx, id, data)
 	} else {
-		var r Remote
-		if r, err = s.dialer.Remote(node); err == nil {
-			got, err = r.Put(ctx, id, data)
-		}
+		got, err = store.(Remote).Put(ctx, id, data)
 	}
 	if err != nil {
 		return err
