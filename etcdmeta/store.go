@@ -270,6 +270,7 @@ func (s *Store) Create(ctx context.Context, dir meta.Ino, name string, args meta
 	}
 	var out meta.Attr
 	err = s.run(ctx, op, func(t *tx) error {
+		t.assumeAbsent(s.keys.dentry(dir, name))
 		if err := t.load(ctx, s.keys.ino(dir), s.keys.dentry(dir, name)); err != nil {
 			return err
 		}

@@ -65,11 +65,12 @@ type kv struct {
 // key read has changed since (compare on mod revision). Attributes are
 // loaded and modified in place, then written back by commit.
 type tx struct {
-	s    *Store
-	rev  int64 // snapshot revision; 0 until the first read
-	read map[string]kv
-	cmps []clientv3.Cmp
-	ops  []clientv3.Op
+	s       *Store
+	attempt int   // 0 for the first attempt of an operation
+	rev     int64 // snapshot revision; 0 until the first read
+	read    map[string]kv
+	cmps    []clientv3.Cmp
+	ops     []clientv3.Op
 
 	inodes map[meta.Ino]*inodeState
 	order  []meta.Ino // inodes in load order, for deterministic commits
@@ -92,6 +93,7 @@ func (s *Store) newTx() *tx {
 func (s *Store) run(ctx context.Context, op string, attempt func(t *tx) error) error {
 	for i := 0; i < maxAttempts; i++ {
 		t := s.newTx()
+		t.attempt = i
 		err := attempt(t)
 		if errors.Is(err, errRetry) {
 			if err := backoff(ctx, i); err != nil {
@@ -152,6 +154,23 @@ func (t *tx) load(ctx context.Context, keys ...string) error {
 		t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(k), "=", v.modRev))
 	}
 	return nil
+}
+
+// assumeAbsent records key as read and absent, without reading it, and
+// makes the commit conditional on that: when the key exists, the commit
+// fails and the operation's next attempt reads it. It spares an etcd read
+// where the key is all but certainly absent (the entry of a name being
+// created: clients look a name up before they create it). Only a first
+// attempt assumes; later ones read.
+func (t *tx) assumeAbsent(key string) {
+	if t.attempt > 0 {
+		return
+	}
+	if _, ok := t.read[key]; ok {
+		return
+	}
+	t.read[key] = kv{}
+	t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(key), "=", 0))
 }
 
 func (t *tx) readErr(err error) error {
