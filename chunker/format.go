@@ -101,15 +101,23 @@ func encodeHeader(id chunk.ID, data []byte, known *chunk.Sum) ([]byte, chunk.Sum
 	} else {
 		sum = *known
 	}
+	sealHeader(h, formatV3, id, uint32(len(data)), sum)
+	return h, sum
+}
+
+// sealHeader fills in the fixed part of the version 2 or 3 header h, whose
+// block-sum table is in place, for n data bytes of chunk id with whole-data
+// sum: magic, version, block size, length, ID, sum and, last, the header
+// sum over all of it.
+func sealHeader(h []byte, version byte, id chunk.ID, n uint32, sum chunk.Sum) {
 	copy(h[0:4], chunkMagic)
-	h[4] = formatV3
+	h[4] = version
 	h[5] = blockShift
-	binary.LittleEndian.PutUint32(h[8:12], uint32(len(data)))
+	binary.LittleEndian.PutUint32(h[8:12], n)
 	copy(h[12:28], id[:])
 	copy(h[28:60], sum[:])
 	hs := headerSum(h)
 	copy(h[60:92], hs[:])
-	return h, sum
 }
 
 // blockSumV3 returns the version 3 sum of a block: XXH3-128, big endian.

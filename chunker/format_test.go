@@ -44,14 +44,7 @@ func encodeHeaderV2(id chunk.ID, data []byte) ([]byte, chunk.Sum) {
 		copy(h[headerSizeV2+i*blockSumSizeV2:], s[:])
 	}
 	sum := sumOf(data)
-	copy(h[0:4], chunkMagic)
-	h[4] = formatV2
-	h[5] = blockShift
-	binary.LittleEndian.PutUint32(h[8:12], uint32(len(data)))
-	copy(h[12:28], id[:])
-	copy(h[28:60], sum[:])
-	hs := headerSum(h)
-	copy(h[60:92], hs[:])
+	sealHeader(h, formatV2, id, uint32(len(data)), sum)
 	return h, sum
 }
 

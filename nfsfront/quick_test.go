@@ -3,11 +3,8 @@ package nfsfront
 import (
 	"context"
 	"encoding/binary"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
@@ -92,13 +89,7 @@ func (n *sleepyNS) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error)
 // blocks does not hold up the calls sent after it.
 func TestSlowQuickCallsRunConcurrently(t *testing.T) {
 	ns := &sleepyNS{slowNS: slowNS{release: make(chan struct{})}, delay: 2 * time.Millisecond, hold: make(chan struct{})}
-	s, err := New(DefaultConfig(), ns, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, _ := startServing(t, s)
-	c := dialRPC(t, ls.Addr().String())
-	defer c.Close()
+	s, c := serveAndDial(t, ns, nopData{})
 	slow := opaqueArg(s.handleFor(creds{}, slowAttr))
 	root := opaqueArg(s.handleFor(creds{}, rootAttr))
 	for i := range uint32(5) { // slow ones, one at a time

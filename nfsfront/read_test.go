@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
@@ -47,13 +44,7 @@ func (patternData) ReadAt(_ context.Context, ino meta.Ino, size uint64, p []byte
 // padding, never bytes a previous, longer reply left.
 func TestReadRepliesAreExact(t *testing.T) {
 	sizes := map[meta.Ino]uint64{7: maxIO, 8: 100_001}
-	s, err := New(DefaultConfig(), twoFilesNS{sizes: sizes}, patternData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, _ := startServing(t, s)
-	c := dialRPC(t, ls.Addr().String())
-	defer c.Close()
+	s, c := serveAndDial(t, twoFilesNS{sizes: sizes}, patternData{})
 
 	for i := range uint32(6) {
 		ino := meta.Ino(7 + i%2)

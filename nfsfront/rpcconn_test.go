@@ -40,13 +40,7 @@ func (n *slowNS) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error) {
 // go on.
 func TestConnectionServesCallsConcurrently(t *testing.T) {
 	ns := &slowNS{release: make(chan struct{})}
-	s, err := New(DefaultConfig(), ns, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls, _ := startServing(t, s)
-	c := dialRPC(t, ls.Addr().String())
-	defer c.Close()
+	s, c := serveAndDial(t, ns, nopData{})
 
 	slow := opaqueArg(s.handleFor(creds{}, slowAttr))
 	root := opaqueArg(s.handleFor(creds{}, rootAttr))
@@ -78,4 +72,18 @@ func TestConnectionServesCallsConcurrently(t *testing.T) {
 	if xid := binary.BigEndian.Uint32(reply); xid != 100 || nfsStatus(t, reply) != 0 {
 		t.Fatalf("last reply: xid %d, status %d", xid, nfsStatus(t, reply))
 	}
+}
+
+// serveAndDial serves ns and data on a loopback TCP listener and returns
+// the server and a connection to it, closed at the end of the test.
+func serveAndDial(t *testing.T, ns Namespace, data Data) (*Server, *rpcConnTest) {
+	t.Helper()
+	s, err := New(DefaultConfig(), ns, data, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, _ := startServing(t, s)
+	c := dialRPC(t, ls.Addr().String())
+	t.Cleanup(func() { _ = c.Close() })
+	return s, c
 }
