@@ -39,7 +39,7 @@ const maxCommitRefs = 1024
 
 // commitParallel is how many dirty chunks Commit merges and stores at
 // once: their reads and fsyncs overlap.
-const commitParallel = 4
+const commitParallel = 8
 
 // extent is bytes written at offset lo of a chunk.
 type extent struct {
