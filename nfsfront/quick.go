@@ -26,8 +26,8 @@ const quickReadMax = 64 << 10
 
 // quickCall reports whether rec is a quick call: an NFSv3 GETATTR, LOOKUP
 // or ACCESS, or a READ of at most quickReadMax bytes (NULL is not: go-nfs
-// answers it). A record
-// that does not parse is not quick (dispatch answers it).
+// answers it). A record that does not parse is not quick (dispatch
+// answers it).
 func quickCall(rec []byte) bool {
 	h, err := parseCall(rec)
 	if err != nil || h.prog != progNFS || h.vers != nfsVers {
