@@ -115,3 +115,31 @@ func TestSlowQuickCallsRunConcurrently(t *testing.T) {
 		t.Fatalf("blocked GETATTR: %x, %v", reply, err)
 	}
 }
+
+// TestRetransmissionInProgressDropped sends a call, and the same call again
+// (same xid, as a client does when the reply is late) while the first is
+// still served: the copy is dropped, not served a second time, and the
+// first one's reply answers it; a later call with the same xid but other
+// arguments is served.
+func TestRetransmissionInProgressDropped(t *testing.T) {
+	ns := &slowNS{release: make(chan struct{})}
+	s, c := serveAndDial(t, ns, nopData{})
+	slow := callRecord(7, progNFS, 3, procGetattr, opaqueArg(s.handleFor(creds{}, slowAttr)))
+	c.send(t, slow)
+	eventually(t, "the first GETATTR to start", func() bool { return ns.waiting.Load() == 1 })
+	c.send(t, slow)
+	eventually(t, "the retransmission to be dropped", func() bool { return s.inProgress.dropped.Load() == 1 })
+	close(ns.release)
+	reply, err := c.recv()
+	if err != nil || binary.BigEndian.Uint32(reply) != 7 || nfsStatus(t, reply) != 0 {
+		t.Fatalf("reply %x, %v; want xid 7, NFS3_OK", reply, err)
+	}
+	if n := ns.waiting.Load(); n != 1 {
+		t.Fatalf("GETATTR served %d times", n)
+	}
+	// The xid again, for another call (the root's attributes): served.
+	reply = c.call(t, callRecord(7, progNFS, 3, procGetattr, opaqueArg(s.handleFor(creds{}, rootAttr))))
+	if binary.BigEndian.Uint32(reply) != 7 || nfsStatus(t, reply) != 0 {
+		t.Fatalf("reused xid: reply %x", reply)
+	}
+}

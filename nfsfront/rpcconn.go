@@ -53,7 +53,8 @@ func (s *Server) newConn(raw net.Conn, o origin) *rpcConn {
 
 func (c *rpcConn) serve(ctx context.Context) {
 	defer c.raw.Close()
-	log := c.srv.log.With().Str("client", c.raw.RemoteAddr().String()).Logger()
+	client := c.raw.RemoteAddr().String()
+	log := c.srv.log.With().Str("client", client).Logger()
 
 	// The go-nfs side of this connection, started when first needed. Its
 	// context ends with the connection: go-nfs's own per-connection
@@ -139,17 +140,27 @@ func (c *rpcConn) serve(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		key, ok := c.srv.inProgress.begin(client, rec)
+		if !ok {
+			// A retransmission of a call still being served: its
+			// reply answers both.
+			log.Debug().Uint32("xid", key.xid).Msg("dropped a retransmitted call still in progress")
+			<-c.srv.callSlots
+			<-slots
+			continue
+		}
 		quick := quickCall(rec)
 		if quick && br.Buffered() == 0 && c.quick.inline() {
 			start := time.Now()
 			serveCall(rec)
 			c.quick.note(time.Since(start))
+			c.srv.inProgress.end(key)
 			<-c.srv.callSlots
 			<-slots
 			continue
 		}
 		calls.Go(func() {
-			defer func() { <-c.srv.callSlots; <-slots }()
+			defer func() { c.srv.inProgress.end(key); <-c.srv.callSlots; <-slots }()
 			if quick {
 				start := time.Now()
 				defer func() { c.quick.note(time.Since(start)) }()

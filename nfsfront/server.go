@@ -119,6 +119,9 @@ type Server struct {
 	// replyBufs holds the buffers of large READ replies: a reply
 	// returned by dispatch goes back with releaseReply once written.
 	replyBufs bufPool
+	// inProgress holds the TCP calls being served, so that a client's
+	// retransmission of one of them is dropped (dupcalls.go).
+	inProgress inProgress
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
