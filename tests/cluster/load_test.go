@@ -123,8 +123,18 @@ func startLoadNamed(t *testing.T, prefix string, workersPerTarget int, targets .
 		counts: map[string]*loadCounts{},
 	}
 	v := targets[0].mount()
+	// A node that has just come back (SIGCONT, a heal) may refuse writes
+	// for a moment while its view of the others settles (its posture
+	// lifts by itself): creating the files is tried again until then.
+	deadline := time.Now().Add(loadOpTimeout)
 	for f := range loadFiles {
-		l.write(0, v, f, targets[0].id)
+		for !l.write(0, v, f, targets[0].id) && time.Now().Before(deadline) {
+			select {
+			case <-time.After(250 * time.Millisecond): // retry pace while refused
+			case <-t.Context().Done():
+				t.Fatal("load: test ended while creating the files")
+			}
+		}
 	}
 	if c := l.counts["before"]; c == nil || c.WritesOK != loadFiles {
 		t.Fatalf("load: creating the files through %s failed: %+v", targets[0].id, c)
