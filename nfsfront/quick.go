@@ -29,15 +29,25 @@ const quickReadMax = 64 << 10
 // answers it). A record that does not parse is not quick (dispatch
 // answers it).
 func quickCall(rec []byte) bool {
-	h, err := parseCall(rec)
-	if err != nil || h.prog != progNFS || h.vers != nfsVers {
+	// Only the fields needed, without the credentials parseCall builds:
+	// this runs for every record, before dispatch parses it.
+	d := xdrDecoder{b: rec}
+	_ = d.u32() // xid
+	if d.u32() != rpcCall || d.u32() != rpcVersion || d.u32() != progNFS || d.u32() != nfsVers {
 		return false
 	}
-	switch h.proc {
+	proc := d.u32()
+	_ = d.u32()               // credential flavor
+	_ = d.opaque(maxAuthBody) // credential body
+	_ = d.u32()               // verifier flavor
+	_ = d.opaque(maxAuthBody) // verifier body
+	if d.err != nil {
+		return false
+	}
+	switch proc {
 	case procGetattr, procLookup, procAccess:
 		return true
 	case procRead:
-		d := xdrDecoder{b: h.args}
 		_ = d.opaque(maxFHSize)
 		_ = d.u64() // offset
 		count := d.u32()
