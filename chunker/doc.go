@@ -84,9 +84,9 @@
 //
 // Get checks the magic, version, block size, reserved bytes, that the
 // file is exactly 92+16k+n bytes (92+32k+n for version 2), the ID, the
-// header sum, every block sum and the whole-data sum. GetRange checks the same header fields, the file
-// size and the header sum, then reads (pread) and checks only the blocks
-// that overlap the range. Any mismatch is reported as chunk.ErrCorrupt
+// header sum, every block sum and the whole-data sum. ReadRange checks
+// the same header fields, the file size and the header sum, then reads
+// (pread) and checks only the blocks that overlap the range. Any mismatch is reported as chunk.ErrCorrupt
 // (naming the bad block when it is one) and no byte of the range is
 // returned. A range read does not notice damage in blocks it does not read;
 // Get (and so a scrub) does.

@@ -70,7 +70,7 @@ func TestFilesModel(t *testing.T) {
 			s := openTestStore(t)
 			var blobs Blobs = s
 			if tt.noRange {
-				blobs = struct{ Blobs }{s} // hides GetRange
+				blobs = struct{ Blobs }{s} // hides ReadRange
 			}
 			ns := chunkertest.NewNamespace()
 			testFilesModel(t, NewFiles(ns, blobs, tt.chunkSize, testLogger(t)), ns, s, tt.chunkSize)

@@ -27,7 +27,7 @@ const tmpPrefix = ".tmp-"
 // outside the directory.
 //
 // Every method is safe for concurrent use and idempotent. Put is durable
-// when it returns; Get verifies every chunk it reads, GetRange every block
+// when it returns; Get verifies every chunk it reads, ReadRange every block
 // it reads.
 type LocalStore struct {
 	dir  string
@@ -137,7 +137,7 @@ func (s *LocalStore) removeTemps() error {
 }
 
 // SetOpenCache bounds the cache of open chunk files that range reads use
-// (see GetRange): at most files files open, holding at most bytes bytes of
+// (see ReadRange): at most files files open, holding at most bytes bytes of
 // headers and block-sum tables. 0 for either turns the cache off. OpenLocal
 // starts with DefaultOpenFiles and DefaultOpenBytes.
 func (s *LocalStore) SetOpenCache(files int, bytes int64) {
@@ -315,53 +315,29 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 }
 
-// GetRange returns bytes [off, off+n) of chunk id, clamped to the chunk's
-// length: fewer than n bytes (possibly none) when the range passes the end.
-// Of a version 2 or 3 chunk file it reads (with pread) only the header, the
-// block-sum table and the BlockSize blocks that overlap the range, and
-// verifies the header sum and each of those blocks; so it costs
-// O(n + BlockSize), not O(chunk length). A version 1 file has no block
-// sums and is read and verified whole.
+// ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped to
+// the chunk's length, and returns how many it read: fewer than len(p)
+// (possibly none) when the range passes the end. Of a version 2 or 3
+// chunk file it reads (with pread) only the header, the block-sum table
+// and the BlockSize blocks that overlap the range, and verifies the header
+// sum and each of those blocks; so it costs O(len(p) + BlockSize), not
+// O(chunk length). A range aligned on BlockSize (or ending at the end of
+// the data) is read straight into p, with no allocation or copy. A
+// version 1 file has no block sums and is read and verified whole.
 //
 // Errors are those of Get: a block or header that fails verification, a
 // malformed or truncated file, or EIO yields an error wrapping
 // chunk.ErrCorrupt that names the chunk, its path and (for a bad block) the
-// block, logged at error level, and no bytes; a missing chunk yields
-// chunk.ErrNotFound. Corruption outside the blocks read goes unnoticed
-// until a read covers it (Get covers everything). A negative off or n is
-// an error. The caller may modify the returned slice.
+// block, logged at error level; a missing chunk yields chunk.ErrNotFound.
+// After an error the contents of p are unspecified and must not be used.
+// Corruption outside the blocks read goes unnoticed until a read covers it
+// (Get covers everything). A negative off is an error.
 //
 // The file stays open in the store's open-file cache (SetOpenCache) with
 // its verified header and table, so the next range read of the chunk costs
 // only the pread of its blocks and their verification; damage to the
 // header or table of a cached file is noticed when the file is opened
 // again, damage to data blocks on the read that covers them.
-func (s *LocalStore) GetRange(ctx context.Context, id chunk.ID, off, n int64) ([]byte, error) {
-	if off < 0 || n < 0 {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, n, off)
-	}
-	var data []byte
-	err := s.readCached(ctx, id, off, n, func(h *header, f io.ReaderAt) (err error) {
-		data, err = h.readBlocks(f, off, n)
-		return err
-	}, func(f io.ReaderAt, size int64) (err error) {
-		data, err = readRange(f, size, id, off, n)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return data, nil
-}
-
-// ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped to
-// the chunk's length, and returns how many it read: fewer than len(p)
-// (possibly none) when the range passes the end. It reads and verifies
-// as GetRange does, with the same errors, but into the caller's buffer: a
-// range aligned on BlockSize (or ending at the end of the data) is read
-// straight into p, with no allocation or copy. After an error the
-// contents of p are unspecified and must not be used. A negative off is
-// an error.
 func (s *LocalStore) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("chunk store %s: get chunk %s: invalid range of %d bytes at %d", s.dir, id, len(p), off)

@@ -52,7 +52,7 @@ func TestOpenCacheFlipAfterCached(t *testing.T) {
 	}
 	flipOnDisk(t, s.Path(id), int64(dataOffset(len(data))+BlockSize+500))
 	for _, r := range [][2]int64{{BlockSize + 500, 1}, {BlockSize, 4096}, {0, int64(len(data))}} {
-		got, err := s.GetRange(ctx, id, r[0], r[1])
+		got, err := getRange(s, ctx, id, r[0], r[1])
 		wantCorrupt(t, s, id, got, err, "block 1")
 	}
 	// Small reads in a block next to the bad one, through the reused
@@ -60,7 +60,7 @@ func TestOpenCacheFlipAfterCached(t *testing.T) {
 	checkRange(t, s, id, data, 5, 4096)
 	checkRange(t, s, id, data, 2*BlockSize+3, 100)
 	// The flip is found again after the file was re-cached.
-	got, err := s.GetRange(ctx, id, BlockSize+500, 10)
+	got, err := getRange(s, ctx, id, BlockSize+500, 10)
 	wantCorrupt(t, s, id, got, err, "block 1")
 }
 
@@ -87,8 +87,8 @@ func TestOpenCacheInvalidation(t *testing.T) {
 	if err := s.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetRange(ctx, id, 0, 10); !errors.Is(err, chunk.ErrNotFound) {
-		t.Fatalf("GetRange after Delete of a cached chunk: %v, want ErrNotFound", err)
+	if _, err := getRange(s, ctx, id, 0, 10); !errors.Is(err, chunk.ErrNotFound) {
+		t.Fatalf("getRange after Delete of a cached chunk: %v, want ErrNotFound", err)
 	}
 	if _, err := s.Put(ctx, id, data); err != nil {
 		t.Fatal(err)
@@ -97,8 +97,8 @@ func TestOpenCacheInvalidation(t *testing.T) {
 	if err := s.Quarantine(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetRange(ctx, id, 0, 10); !errors.Is(err, chunk.ErrNotFound) {
-		t.Fatalf("GetRange after Quarantine of a cached chunk: %v, want ErrNotFound", err)
+	if _, err := getRange(s, ctx, id, 0, 10); !errors.Is(err, chunk.ErrNotFound) {
+		t.Fatalf("getRange after Quarantine of a cached chunk: %v, want ErrNotFound", err)
 	}
 	if _, _, files := s.OpenCacheStats(); files != 0 {
 		t.Errorf("%d files open after the chunk went away, want 0", files)
@@ -176,13 +176,13 @@ func TestOpenCacheConcurrentDelete(t *testing.T) {
 				default:
 				}
 				i := (k + r) % n
-				got, err := s.GetRange(ctx, ids[i], 50, 4000)
+				got, err := getRange(s, ctx, ids[i], 50, 4000)
 				if err != nil && !errors.Is(err, chunk.ErrNotFound) {
-					t.Errorf("GetRange: %v", err)
+					t.Errorf("getRange: %v", err)
 					return
 				}
 				if err == nil && !bytes.Equal(got, datas[i][50:4050]) {
-					t.Errorf("GetRange of chunk %d: wrong bytes", i)
+					t.Errorf("getRange of chunk %d: wrong bytes", i)
 					return
 				}
 			}
@@ -205,7 +205,7 @@ func TestOpenCacheConcurrentDelete(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	for i := range ids {
-		if _, err := s.GetRange(ctx, ids[i], 0, 10); !errors.Is(err, chunk.ErrNotFound) {
+		if _, err := getRange(s, ctx, ids[i], 0, 10); !errors.Is(err, chunk.ErrNotFound) {
 			t.Errorf("chunk %d after its deletion: %v, want ErrNotFound", i, err)
 		}
 	}
@@ -233,7 +233,7 @@ func TestFilesRewriteSkipsOldChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	if blobs.gets+blobs.ranges != 0 {
-		t.Errorf("rewrite covering the old data: %d Gets, %d GetRanges; want none", blobs.gets, blobs.ranges)
+		t.Errorf("rewrite covering the old data: %d Gets, %d ReadRanges; want none", blobs.gets, blobs.ranges)
 	}
 	if _, err := f.WriteAt(ctx, ino, []byte("xyz"), 100); err != nil {
 		t.Fatal(err)

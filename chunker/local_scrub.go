@@ -56,7 +56,7 @@ func (s *LocalStore) Verify(ctx context.Context, id chunk.ID) (int64, error) {
 // ".1", ".2", ... suffix should that name be taken), creating the
 // directory if needed. The move is a rename within the store's
 // filesystem, and both directories are synced, so when Quarantine returns
-// the chunk is durably gone from the store: Get and GetRange report
+// the chunk is durably gone from the store: Get and ReadRange report
 // chunk.ErrNotFound and List no longer reports it, exactly as after
 // Delete, but the bytes are kept for inspection.
 //

@@ -199,8 +199,9 @@ func (c *Client) Put(ctx context.Context, id chunk.ID, data []byte) (chunk.Sum, 
 	return sum, nil
 }
 
-// PutSummed is Put for data whose checksum the caller computed (it makes
-// Client a chunker.SummedPutter): the peer verifies the data against sum
+// PutSummed is Put for data whose checksum the caller computed (the
+// replica layer, which hashes each chunk once for all its copies): the
+// peer verifies the data against sum
 // before storing it, so a wrong sum fails with ErrSumMismatch and stores
 // nothing.
 func (c *Client) PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error {

@@ -46,7 +46,7 @@ type Store interface {
 }
 
 // summedStore is implemented by stores that can store data whose sum
-// the caller has checked, without hashing it again (chunker.SummedPutter).
+// the caller has checked, without hashing it again (chunker.LocalStore).
 type summedStore interface {
 	PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error
 }

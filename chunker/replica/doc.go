@@ -22,7 +22,7 @@
 // Config.Copies is the cluster's default. A directory subtree may ask for
 // another count (meta.Attr.Copies, inherited by the inodes created in it);
 // the file layer passes an inode's count with chunk.WithCopies in the
-// context of each Put, Get and GetRange, and Holders takes it as an
+// context of each Put, Get and ReadRange, and Holders takes it as an
 // argument. With a count n from the context, Put stores n copies and
 // needs at least n when the configuration requires every copy (MinCopies
 // == Copies, the default), else at least min(MinCopies, n). Without one,
