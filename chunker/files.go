@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"github.com/rs/zerolog"
 
@@ -389,10 +390,19 @@ func (f *Files) writeOnce(ctx context.Context, ino meta.Ino, p []byte, off int64
 		}
 	}
 
-	// The merged chunks were computed from these entries.
+	// The merged chunks were computed from these entries; the chunks
+	// wholly past the end the caller saw are expected absent, so the
+	// commit need not read their entries (and a wrong hint fails it).
 	expect := make([]meta.Expect, 0, len(partials))
 	for _, idx := range partials {
 		expect = append(expect, meta.Expect{Index: idx, ID: old[idx].ID})
+	}
+	if hinted {
+		for idx := max(first, (hint+cs-1)/cs); idx <= last; idx++ {
+			if !slices.Contains(partials, idx) {
+				expect = append(expect, meta.Expect{Index: idx})
+			}
+		}
 	}
 
 	refs := make([]chunk.Ref, 0, last-first+1)

@@ -294,4 +294,23 @@ func TestFilesWriteSizeHint(t *testing.T) {
 	if ns.chunkReads != 0 {
 		t.Errorf("append into a new chunk read the chunk map %d times, want 0", ns.chunkReads)
 	}
+
+	// A whole chunk written where a stale hint says the file ends: the
+	// commit expected no chunk there and finds one, so the write is redone
+	// from the chunk map, and the chunk it replaces is freed.
+	before, err := ns.Chunks(ctx, ino, 1, 1)
+	if err != nil || len(before) != 1 {
+		t.Fatalf("chunk map of chunk 1: %v, %v", before, err)
+	}
+	whole := pattern(DefaultChunkSize, 7)
+	if _, err := f.WriteAt(chunk.WithSizeHint(ctx, 0), ino, whole, DefaultChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	p = make([]byte, DefaultChunkSize)
+	if n, err := f.ReadAt(ctx, ino, 2*DefaultChunkSize, p, DefaultChunkSize); err != nil || !bytes.Equal(p[:n], whole) {
+		t.Fatalf("ReadAt of a whole chunk written past a stale hint: %d, %v; bytes differ", n, err)
+	}
+	if _, err := s.Get(ctx, before[0].ID); !errors.Is(err, chunk.ErrNotFound) {
+		t.Errorf("the replaced chunk %s: Get says %v, want chunk.ErrNotFound (freed)", before[0].ID, err)
+	}
 }

@@ -848,6 +848,7 @@ func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref,
 	var freed meta.Freed
 	err := s.run(ctx, op, func(t *tx) error {
 		freed = nil
+		t.assumeExpectedAbsent(ino, expect)
 		if err := t.load(ctx, ks...); err != nil {
 			return err
 		}
@@ -962,6 +963,19 @@ func (s *Store) expectKeys(ino meta.Ino, expect []meta.Expect) []string {
 		ks[i] = s.keys.chunk(ino, e.Index)
 	}
 	return ks
+}
+
+// assumeExpectedAbsent assumes (tx.assumeAbsent) the chunk entries that
+// expect says are absent: a write past the end of a file expects no chunk
+// there, and is then committed without reading the entries first. If one
+// exists after all, the commit fails, the next attempt reads it, and
+// checkExpect says ErrConflict, as it would have at once.
+func (t *tx) assumeExpectedAbsent(ino meta.Ino, expect []meta.Expect) {
+	for _, e := range expect {
+		if e.ID == (chunk.ID{}) {
+			t.assumeAbsent(t.s.keys.chunk(ino, e.Index))
+		}
+	}
 }
 
 // checkExpect fails with meta.ErrConflict unless every pinned chunk entry

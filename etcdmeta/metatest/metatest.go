@@ -815,6 +815,10 @@ func testExpectConflicts(t *testing.T, s meta.Store) {
 	must3(s.CommitWrite(ctx, f.Ino, []chunk.Ref{b}, []meta.Expect{{Index: 0, ID: a.ID}}, 600))(t)
 	_, _, err := s.CommitWrite(ctx, f.Ino, []chunk.Ref{c}, []meta.Expect{{Index: 0, ID: a.ID}}, 900)
 	wantErr(t, err, meta.ErrConflict)
+	// A writer that took chunk 0 for a hole (it saw the file empty) is
+	// refused too.
+	_, _, err = s.CommitWrite(ctx, f.Ino, []chunk.Ref{c}, []meta.Expect{{Index: 0}}, 900)
+	wantErr(t, err, meta.ErrConflict)
 	refs := must(s.Chunks(ctx, f.Ino, 0, 10))(t)
 	if attr := must(s.GetAttr(ctx, f.Ino))(t); len(refs) != 1 || refs[0].ID != b.ID || attr.Size != 600 {
 		t.Fatalf("after a refused commit: refs %v, size %d; want only b and size 600", refs, attr.Size)
