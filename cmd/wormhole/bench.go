@@ -76,7 +76,7 @@ Example against nfs-ganesha with its own ports:
 	f.IntVar(&mountPort, "mount-port", 0, "MOUNT port on the same host (default: the NFS port)")
 	f.StringVar(&o.Export, "export", "/", "export path to mount (nfs-ganesha: its Pseudo or Path)")
 	f.StringVar(&size, "size", "256MiB", "size of the large file (split over the streams)")
-	f.IntVar(&o.Streams, "streams", 1, "parallel connections for the throughput workloads")
+	f.IntVar(&o.Streams, "streams", 1, "parallel connections for every workload but the listing")
 	f.IntVar(&o.RandomOps, "random-ops", 2000, "random 4 KiB reads, and writes")
 	f.IntVar(&o.Creates, "creates", 2000, "empty files created (then stat'ed) in one directory")
 	f.IntVar(&o.ListEntries, "list-entries", 20000, "entries in the listed directory")

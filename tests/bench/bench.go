@@ -54,8 +54,9 @@ type Options struct {
 	// Size is the large file's size (split over the streams), rounded
 	// down to whole 1 MiB requests. Default 256 MiB.
 	Size int64
-	// Streams is the number of parallel connections for the throughput
-	// workloads (sequential, random and small files). Default 1.
+	// Streams is the number of parallel connections every workload but
+	// the listing runs over (sequential, random, creates and stats in one
+	// shared directory, small files). Default 1.
 	Streams int
 	// RandomOps is the number of random 4 KiB reads, and of writes.
 	// Default 2,000 each.
@@ -264,6 +265,7 @@ type runner struct {
 	seqFiles  []handle // per stream
 	seqSize   int64    // per stream
 	createDir handle
+	creates   int      // files made by create, a multiple of the streams
 	smallDirs []handle // per stream
 
 	mu      sync.Mutex

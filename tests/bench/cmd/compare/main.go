@@ -46,7 +46,7 @@ func main() {
 	var c config
 	flag.StringVar(&c.wormholeBin, "wormhole", "bin/wormhole", "wormhole binary to benchmark")
 	size := flag.String("size", "256MiB", "large file size")
-	flag.IntVar(&c.opts.Streams, "streams", 1, "parallel connections for the throughput workloads")
+	flag.IntVar(&c.opts.Streams, "streams", 1, "parallel connections for every workload but the listing")
 	flag.IntVar(&c.opts.RandomOps, "random-ops", 2000, "random 4 KiB reads, and writes")
 	flag.IntVar(&c.opts.Creates, "creates", 2000, "empty files created and stat'ed")
 	flag.IntVar(&c.opts.ListEntries, "list-entries", 20000, "entries in the listed directory")
