@@ -30,8 +30,10 @@ type Store struct {
 	cache *attrCache // nil without WithExclusiveCache
 	keys  keys
 	alloc *allocator
-	log   zerolog.Logger
-	now   func() time.Time
+	// creates queues concurrent creates per directory (createbatch.go).
+	creates createQueues
+	log     zerolog.Logger
+	now     func() time.Time
 }
 
 var _ meta.Store = (*Store)(nil)
@@ -268,58 +270,15 @@ func (s *Store) Create(ctx context.Context, dir meta.Ino, name string, args meta
 	if err != nil {
 		return meta.Attr{}, fmt.Errorf("%s: %w", op, err)
 	}
-	var out meta.Attr
-	err = s.run(ctx, op, func(t *tx) error {
-		t.assumeAbsent(s.keys.dentry(dir, name))
-		if err := t.load(ctx, s.keys.ino(dir), s.keys.dentry(dir, name)); err != nil {
-			return err
-		}
-		d, err := t.dirAttr(ctx, dir)
-		if err != nil {
-			return err
-		}
-		e, exists, err := t.dentry(ctx, dir, name)
-		if err != nil {
-			return err
-		}
-		if exists {
-			if args.Exclusive || args.Type != meta.TypeRegular || e.Type != meta.TypeRegular {
-				return meta.ErrExists
-			}
-			a, ok, err := t.inode(ctx, e.Ino)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				return fmt.Errorf("entry points to missing inode %d: %w", e.Ino, errMalformed)
-			}
-			out = *a
-			return nil
-		}
-		if args.Type == meta.TypeDir && d.Nlink >= maxNlink {
-			return meta.ErrTooManyLink
-		}
-		now := s.nowNs()
-		a := meta.Attr{
-			Ino: ino, Type: args.Type, Mode: args.Mode, UID: args.UID, GID: args.GID,
-			Nlink: 1, Atime: now, Mtime: now, Ctime: now, Gen: gen, Parent: dir,
-			Target: args.Target, Copies: d.Copies,
-		}
-		switch args.Type {
-		case meta.TypeDir:
-			a.Nlink = 2
-			d.Nlink++
-		case meta.TypeSymlink:
-			a.Size = uint64(len(args.Target))
-		}
-		d.Mtime, d.Ctime = now, now
-		t.put(d)
-		t.create(a)
-		t.then(clientv3.OpPut(s.keys.dentry(dir, name), string(encodeDentry(dentry{Ino: ino, Type: args.Type}))))
-		out = a
-		return nil
-	})
-	return out, err
+	r := &createReq{ctx: ctx, name: name, args: args, ino: ino, gen: gen}
+	s.create(dir, r)
+	switch {
+	case r.runErr != nil:
+		return meta.Attr{}, r.runErr
+	case r.err != nil:
+		return meta.Attr{}, fmt.Errorf("%s: %w", op, r.err)
+	}
+	return r.out, nil
 }
 
 func validCreate(args meta.CreateArgs) error {
