@@ -214,7 +214,7 @@ func (s *LocalStore) put(ctx context.Context, id chunk.ID, data []byte, sum *chu
 	if err != nil {
 		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
 	}
-	stored, err := writeSyncClose(f, id, data, sum)
+	hdr, stored, err := writeSyncClose(f, id, data, sum)
 	if err != nil {
 		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")
@@ -233,20 +233,50 @@ func (s *LocalStore) put(ctx context.Context, id chunk.ID, data []byte, sum *chu
 	if err := s.syncDir(sub); err != nil {
 		return chunk.Sum{}, s.putErr(id, "sync directory", err)
 	}
+	s.keepOpen(id, rel, hdr)
 	return stored, nil
 }
 
+// keepOpen puts the chunk file rel, just stored with header hdr, in the
+// open-chunk cache: data is often read soon after it is written, and the
+// read then costs no open and no header read. Failing that changes
+// nothing: the first read opens the file.
+func (s *LocalStore) keepOpen(id chunk.ID, rel string, hdr []byte) {
+	slot := s.cache.reserve(id)
+	if slot == nil {
+		return
+	}
+	h, err := parseFixed(id, hdr)
+	if err == nil {
+		err = h.checkTable(hdr)
+	}
+	var f *os.File
+	if err == nil {
+		f, err = s.root.Open(rel)
+	}
+	if err != nil {
+		s.cache.abandon(slot)
+		return
+	}
+	if !s.cache.add(slot, f, h) {
+		_ = f.Close() // read-only: nothing to lose
+		return
+	}
+	s.cache.release(slot)
+}
+
 // writeSyncClose writes the chunk file of data as chunk id to the empty
-// file f, syncs it, closes it and returns the data's checksum (sum, when
-// the caller has it, else computed with the block sums). The data
+// file f, syncs it, closes it and returns the header it wrote and the
+// data's checksum (sum, when the caller has it, else computed with the
+// block sums). The data
 // goes first, to its place after the header, and the device is asked to
 // start writing it back; the sums are computed while it does, then the
 // header is written and the file synced, which then waits for less.
-func writeSyncClose(f *os.File, id chunk.ID, data []byte, sum *chunk.Sum) (chunk.Sum, error) {
+func writeSyncClose(f *os.File, id chunk.ID, data []byte, sum *chunk.Sum) ([]byte, chunk.Sum, error) {
 	dataOff := headerLen(int64(len(data)))
 	if _, err := f.WriteAt(data, dataOff); err != nil {
 		_ = f.Close() // the caller removes the file
-		return chunk.Sum{}, err
+		return nil, chunk.Sum{}, err
 	}
 	startWriteback(f, dataOff, int64(len(data)))
 	hdr, whole := encodeHeader(id, data, sum)
@@ -257,7 +287,7 @@ func writeSyncClose(f *os.File, id chunk.ID, data []byte, sum *chunk.Sum) (chunk
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return whole, err
+	return hdr, whole, err
 }
 
 // putErr wraps an error of Put, adding chunk.ErrNoSpace when the disk or

@@ -20,7 +20,9 @@ import (
 // (chunk.ErrCorrupt, no bytes); damage to the header or the table of a
 // cached file goes unnoticed by range reads until the file leaves the
 // cache (Get and Verify, which the scrubber uses, always read the file
-// anew).
+// anew). A Put adds the file it has just written, with the header it
+// wrote: data is often read soon after it is written, and its first range
+// read then costs no open or header read either.
 //
 // Chunks are immutable by ID (a Put of an existing ID writes the same
 // bytes), so an entry stays valid until its file is replaced, removed or
@@ -111,6 +113,21 @@ func (c *openCache) acquire(id chunk.ID) (hit, slot *openChunk) {
 	e := &openChunk{id: id, loading: true}
 	c.entries[id] = e
 	return nil, e
+}
+
+// reserve returns a placeholder for chunk id, to be filled with add or
+// given up with abandon, or nil if the cache is off or already has (or is
+// loading) the chunk. Unlike acquire it counts no miss: it serves a chunk
+// being written, not a read.
+func (c *openCache) reserve(id chunk.ID) *openChunk {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.maxFiles == 0 || c.maxBytes == 0 || c.entries[id] != nil {
+		return nil
+	}
+	e := &openChunk{id: id, loading: true}
+	c.entries[id] = e
+	return e
 }
 
 // add fills the placeholder slot with the open file f of verified header

@@ -64,6 +64,37 @@ func TestOpenCacheFlipAfterCached(t *testing.T) {
 	wantCorrupt(t, s, id, got, err, "block 1")
 }
 
+// TestPutKeepsChunkOpen checks that a chunk just stored is read back from
+// the open-file cache (no open, no header read), and still verified.
+func TestPutKeepsChunkOpen(t *testing.T) {
+	ctx := t.Context()
+	s := openTestStore(t)
+	data := pattern(2*BlockSize+5, 6)
+	id := chunk.NewID()
+	if _, err := s.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, files := s.OpenCacheStats(); files != 1 {
+		t.Fatalf("%d files open after a Put, want 1", files)
+	}
+	checkRange(t, s, id, data, BlockSize-3, 10)
+	if hits, misses, _ := s.OpenCacheStats(); hits == 0 || misses != 0 {
+		t.Errorf("reads after Put: %d hits, %d misses; want hits only", hits, misses)
+	}
+	flipOnDisk(t, s.Path(id), int64(dataOffset(len(data))+2*BlockSize+1))
+	got, err := getRange(s, ctx, id, 2*BlockSize, 5)
+	wantCorrupt(t, s, id, got, err, "block 2")
+
+	// With the cache off, a Put keeps nothing open.
+	s.SetOpenCache(0, 0)
+	if _, err := s.Put(ctx, chunk.NewID(), data); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, files := s.OpenCacheStats(); files != 0 {
+		t.Errorf("%d files open after a Put with the cache off, want 0", files)
+	}
+}
+
 // TestOpenCacheInvalidation checks that Delete, Quarantine and a Put over a
 // cached chunk take its file out of the cache.
 func TestOpenCacheInvalidation(t *testing.T) {
