@@ -1,10 +1,13 @@
 package nfsfront
 
 import (
+	"bytes"
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	nfs "github.com/willscott/go-nfs"
 	"github.com/zeebo/xxh3"
 )
 
@@ -16,9 +19,21 @@ import (
 // 6 written since. Like the duplicate request caches of other NFS
 // servers, a connection therefore drops a call identical to one still in
 // progress from the same client address: the first one's reply answers
-// both. (A call retransmitted after its reply was sent is served again,
-// which for the client is the same as the first time: it has made no
-// call since.)
+// both.
+//
+// A call retransmitted after its reply was sent (the reply was lost) is
+// served again, which for reads and writes is the same to the client as
+// the first time: it has made no call since. A call that changes the
+// namespace is not safe to run twice that way: a REMOVE whose reply was
+// lost (the connection broke) and that the client sends again once
+// reconnected would fail with NOENT, a CREATE with EXIST, though both did
+// what was asked. So the replies of such calls (SETATTR, CREATE, MKDIR,
+// SYMLINK, REMOVE, RMDIR, RENAME, LINK) are kept for a while, and a call
+// identical to one of them is answered with the same reply instead of
+// being run again. Clients resend from the same address and port (the
+// Linux client binds the same source port when it reconnects, for this
+// very reason); a reply is kept completedTTL at most, and only the
+// completedMax most recent ones.
 
 // callKey identifies a call: the client's address, the xid, the record's
 // length and a hash of its first hashedPrefix bytes (program, procedure,
@@ -72,4 +87,98 @@ func (p *inProgress) end(key callKey) {
 	p.mu.Lock()
 	delete(p.calls, key)
 	p.mu.Unlock()
+}
+
+// Bounds of the replies kept for calls that change the namespace.
+const (
+	completedMax = 4096            // replies, a few hundred bytes each
+	completedTTL = 2 * time.Minute // longer than clients wait to resend
+)
+
+// replayable reports whether rec is an NFSv3 call whose reply is kept
+// (see completed): one that changes the namespace, which running again
+// would answer differently.
+func replayable(rec []byte) bool {
+	proc, _, ok := nfs3Proc(rec)
+	if !ok {
+		return false
+	}
+	switch proc {
+	case procSetattr, procCreate, procMkdir, procSymlink, procRemove, procRmdir, procRename, procLink:
+		return true
+	}
+	return false
+}
+
+// completed holds the replies of recently completed calls that change the
+// namespace, by call, the oldest dropped first.
+type completed struct {
+	mu      sync.Mutex
+	replies map[callKey]completedReply
+	ring    []callKey // insertion order; ring[next] is the oldest
+	next    int
+	// replays counts the calls answered from here, for tests and logs.
+	replays atomic.Uint64
+}
+
+type completedReply struct {
+	reply []byte
+	at    time.Time
+}
+
+// lookup returns the kept reply of the call of key, or nil.
+func (c *completed) lookup(key callKey, now time.Time) []byte {
+	if key == (callKey{}) {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.replies[key]
+	if !ok || now.Sub(r.at) > completedTTL {
+		return nil
+	}
+	c.replays.Add(1)
+	return r.reply
+}
+
+// add keeps a copy of reply as the reply of the call of key. A reply
+// that is no answer to the call (the RPC was not accepted) or says to try
+// again later (JUKEBOX, SERVERFAULT) is not kept: running the call again
+// then is what the client wants.
+func (c *completed) add(key callKey, reply []byte, now time.Time) {
+	if key == (callKey{}) || !final(reply) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.replies == nil {
+		c.replies = make(map[callKey]completedReply, completedMax)
+		c.ring = make([]callKey, completedMax)
+	}
+	if _, ok := c.replies[key]; ok {
+		return // kept already; its place in the ring stays
+	}
+	if old := c.ring[c.next]; old != (callKey{}) {
+		delete(c.replies, old)
+	}
+	c.ring[c.next] = key
+	c.next = (c.next + 1) % len(c.ring)
+	c.replies[key] = completedReply{reply: bytes.Clone(reply), at: now}
+}
+
+// final reports whether reply, a whole reply record, is an accepted NFS
+// reply with a status other than JUKEBOX and SERVERFAULT.
+func final(reply []byte) bool {
+	d := xdrDecoder{b: reply}
+	_ = d.u32() // xid
+	if d.u32() != rpcReply || d.u32() != msgAccepted {
+		return false
+	}
+	_ = d.u32()               // verifier flavor
+	_ = d.opaque(maxAuthBody) // verifier body
+	if d.u32() != acceptSuccess {
+		return false
+	}
+	status := nfs.NFSStatus(d.u32())
+	return d.err == nil && status != nfs.NFSStatusJukebox && status != nfs.NFSStatusServerFault
 }

@@ -29,19 +29,8 @@ const quickReadMax = 64 << 10
 // answers it). A record that does not parse is not quick (dispatch
 // answers it).
 func quickCall(rec []byte) bool {
-	// Only the fields needed, without the credentials parseCall builds:
-	// this runs for every record, before dispatch parses it.
-	d := xdrDecoder{b: rec}
-	_ = d.u32() // xid
-	if d.u32() != rpcCall || d.u32() != rpcVersion || d.u32() != progNFS || d.u32() != nfsVers {
-		return false
-	}
-	proc := d.u32()
-	_ = d.u32()               // credential flavor
-	_ = d.opaque(maxAuthBody) // credential body
-	_ = d.u32()               // verifier flavor
-	_ = d.opaque(maxAuthBody) // verifier body
-	if d.err != nil {
+	proc, d, ok := nfs3Proc(rec)
+	if !ok {
 		return false
 	}
 	switch proc {
@@ -78,4 +67,22 @@ func (q *quickTimes) note(d time.Duration) {
 		avg = int64(inlineLimit)
 	}
 	q.avg.Store(max(avg+(int64(d)-avg)/8, 1))
+}
+
+// nfs3Proc returns the procedure of rec if it is an NFSv3 call, and a
+// decoder at its arguments. It reads only the fields needed, without the
+// credentials parseCall builds: it runs for every record, before dispatch
+// parses it.
+func nfs3Proc(rec []byte) (proc uint32, args xdrDecoder, ok bool) {
+	d := xdrDecoder{b: rec}
+	_ = d.u32() // xid
+	if d.u32() != rpcCall || d.u32() != rpcVersion || d.u32() != progNFS || d.u32() != nfsVers {
+		return 0, d, false
+	}
+	proc = d.u32()
+	_ = d.u32()               // credential flavor
+	_ = d.opaque(maxAuthBody) // credential body
+	_ = d.u32()               // verifier flavor
+	_ = d.opaque(maxAuthBody) // verifier body
+	return proc, d, d.err == nil
 }

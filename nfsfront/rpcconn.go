@@ -88,10 +88,13 @@ func (c *rpcConn) serve(ctx context.Context) {
 	}
 	// serveCall answers one record; a reply that cannot be written ends
 	// the connection (the reader then stops at its next read).
-	serveCall := func(rec []byte) {
+	serveCall := func(rec []byte, key callKey, keep bool) {
 		reply, forward := c.srv.dispatch(ctx, rec, c.o)
 		if !forward {
 			if reply != nil {
+				if keep {
+					c.srv.completed.add(key, reply, time.Now())
+				}
 				if err := c.writeRecord(reply); err != nil {
 					_ = c.raw.Close()
 				}
@@ -149,10 +152,24 @@ func (c *rpcConn) serve(ctx context.Context) {
 			<-slots
 			continue
 		}
+		keep := replayable(rec)
+		if keep {
+			if reply := c.srv.completed.lookup(key, time.Now()); reply != nil {
+				// Done before: its reply again, not a second run.
+				log.Debug().Uint32("xid", key.xid).Msg("answered a retransmitted call with its kept reply")
+				if err := c.writeRecord(reply); err != nil {
+					_ = c.raw.Close()
+				}
+				c.srv.inProgress.end(key)
+				<-c.srv.callSlots
+				<-slots
+				continue
+			}
+		}
 		quick := quickCall(rec)
 		if quick && br.Buffered() == 0 && c.quick.inline() {
 			start := time.Now()
-			serveCall(rec)
+			serveCall(rec, key, false)
 			c.quick.note(time.Since(start))
 			c.srv.inProgress.end(key)
 			<-c.srv.callSlots
@@ -165,7 +182,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 				start := time.Now()
 				defer func() { c.quick.note(time.Since(start)) }()
 			}
-			serveCall(rec)
+			serveCall(rec, key, keep)
 		})
 	}
 }

@@ -122,6 +122,9 @@ type Server struct {
 	// inProgress holds the TCP calls being served, so that a client's
 	// retransmission of one of them is dropped (dupcalls.go).
 	inProgress inProgress
+	// completed keeps the replies of calls that changed the namespace,
+	// for clients that send them again (dupcalls.go).
+	completed completed
 }
 
 // New builds a server. secret keys the file handle MAC; every node of a
