@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"sync"
@@ -110,6 +111,18 @@ func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 		// taken after the references were read, sees it.
 		later, _ := census.Gather(ctx, listers)
 		counts = census.Settle(counts, below, inv, later)
+		// A chunk written after the first listing and replaced (so
+		// deleted) before the second is on neither, though nothing was
+		// lost: it is no longer referenced. Only a chunk still referenced
+		// now counts as missing (and makes the cluster critical).
+		if missing := census.StillMissing(below, inv, later); len(missing) > 0 {
+			gone, err := n.unreferenced(ctx, missing)
+			if err == nil {
+				counts.Chunks -= gone
+				counts.Below -= gone
+				counts.Missing -= gone
+			}
+		}
 	}
 	cs.Chunks, cs.Below, cs.On, cs.Above, cs.Missing = counts.Chunks, counts.Below, counts.On, counts.Above, counts.Missing
 	cs.Orphans = counts.Orphans
@@ -117,6 +130,29 @@ func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 		cs.Error = fmt.Sprintf("chunk references: %v", scanErr)
 	}
 	return cs
+}
+
+// unreferenced returns how many of chunks no file refers to any more.
+func (n *Node) unreferenced(ctx context.Context, chunks []census.Chunk) (int, error) {
+	left := make(map[chunk.ID]int, len(chunks))
+	for _, ch := range chunks {
+		left[ch.ID]++
+	}
+	err := n.ns.ForEachChunk(ctx, func(_ meta.Ino, ref chunk.Ref) error {
+		delete(left, ref.ID)
+		if len(left) == 0 {
+			return errStopCensus
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopCensus) {
+		return 0, err
+	}
+	gone := 0
+	for _, k := range left {
+		gone += k
+	}
+	return gone, nil
 }
 
 // settleMax bounds the chunks below target a census checks again against

@@ -142,6 +142,21 @@ func Settle(c Counts, below []Chunk, earlier, later *Inventory) Counts {
 	return c
 }
 
+// StillMissing returns the chunks of below (as CountBelow returned them)
+// that neither earlier nor later holds: those Settle still counts as
+// Missing. Besides a real loss, such a chunk may have been written after
+// the first listing and replaced, and deleted, before the second (a file
+// rewritten meanwhile); a caller that reads its reference again can tell.
+func StillMissing(below []Chunk, earlier, later *Inventory) []Chunk {
+	var out []Chunk
+	for _, ch := range below {
+		if ch.Want > 0 && earlier.Copies(ch.ID) == 0 && later.Copies(ch.ID) == 0 {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
 // ChunkPlace describes where one chunk of a file is and should be.
 type ChunkPlace struct {
 	Index   uint64   // position of the chunk in the file, as chunk.Ref.Index
