@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,8 +31,10 @@ type Store struct {
 	cache *attrCache // nil without WithExclusiveCache
 	keys  keys
 	alloc *allocator
-	// creates queues concurrent creates per directory (createbatch.go).
-	creates createQueues
+	// creates and unlinks queue concurrent changes per directory
+	// (dirbatch.go).
+	creates dirQueues[createReq]
+	unlinks dirQueues[unlinkReq]
 	log     zerolog.Logger
 	now     func() time.Time
 }
@@ -270,15 +273,26 @@ func (s *Store) Create(ctx context.Context, dir meta.Ino, name string, args meta
 	if err != nil {
 		return meta.Attr{}, fmt.Errorf("%s: %w", op, err)
 	}
-	r := &createReq{ctx: ctx, name: name, args: args, ino: ino, gen: gen}
-	s.create(dir, r)
-	switch {
-	case r.runErr != nil:
-		return meta.Attr{}, r.runErr
-	case r.err != nil:
-		return meta.Attr{}, fmt.Errorf("%s: %w", op, r.err)
+	r := &createReq{name: name, args: args, ino: ino, gen: gen}
+	err = s.creates.do(ctx, dir, r, func(ctx context.Context, batch []*createReq) error {
+		return s.createBatch(ctx, dir, batch)
+	})
+	if err == nil {
+		err = r.err
+	}
+	if err != nil {
+		return meta.Attr{}, wrapOnce(op, err)
 	}
 	return r.out, nil
+}
+
+// wrapOnce adds op to err unless err names it already (the transaction
+// of a request committed alone does).
+func wrapOnce(op string, err error) error {
+	if strings.HasPrefix(err.Error(), op+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", op, err)
 }
 
 func validCreate(args meta.CreateArgs) error {
@@ -379,46 +393,17 @@ func (s *Store) Unlink(ctx context.Context, dir meta.Ino, name string) (meta.Fre
 	if err := validName(name); err != nil {
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	var freed meta.Freed
-	err := s.run(ctx, op, func(t *tx) error {
-		freed = nil
-		if err := t.load(ctx, s.keys.ino(dir), s.keys.dentry(dir, name)); err != nil {
-			return err
-		}
-		d, err := t.dirAttr(ctx, dir)
-		if err != nil {
-			return err
-		}
-		e, ok, err := t.dentry(ctx, dir, name)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return meta.ErrNotFound
-		}
-		if e.Type == meta.TypeDir {
-			return meta.ErrIsDir
-		}
-		a, ok, err := t.inode(ctx, e.Ino)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return fmt.Errorf("entry points to missing inode %d: %w", e.Ino, errMalformed)
-		}
-		now := s.nowNs()
-		if freed, err = t.dropLink(ctx, a, now); err != nil {
-			return err
-		}
-		d.Mtime, d.Ctime = now, now
-		t.put(d)
-		t.then(clientv3.OpDelete(s.keys.dentry(dir, name)))
-		return nil
+	r := &unlinkReq{name: name}
+	err := s.unlinks.do(ctx, dir, r, func(ctx context.Context, batch []*unlinkReq) error {
+		return s.unlinkBatch(ctx, dir, batch)
 	})
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = r.err
 	}
-	return freed, nil
+	if err != nil {
+		return nil, wrapOnce(op, err)
+	}
+	return r.freed, nil
 }
 
 // Rmdir removes the empty directory name from dir, lowering dir's nlink.
