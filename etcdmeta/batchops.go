@@ -55,12 +55,9 @@ func (s *Store) createBatch(ctx context.Context, dir meta.Ino, batch []*createRe
 				return err
 			}
 			if exists {
-				a, ok, err := t.inode(ctx, e.Ino)
-				switch {
-				case err != nil:
+				a, err := t.entryInode(ctx, e)
+				if err != nil {
 					return err
-				case !ok:
-					return fmt.Errorf("entry %q points to missing inode %d: %w", r.name, e.Ino, errMalformed)
 				}
 				r.out, r.err = existing(r.args, e.Type, *a)
 				continue
@@ -148,12 +145,9 @@ func (s *Store) unlinkBatch(ctx context.Context, dir meta.Ino, batch []*unlinkRe
 				r.err = meta.ErrIsDir
 				continue
 			}
-			a, ok, err := t.inode(ctx, e.Ino)
-			switch {
-			case err != nil:
+			a, err := t.entryInode(ctx, e)
+			if err != nil {
 				return err
-			case !ok:
-				return fmt.Errorf("entry %q points to missing inode %d: %w", r.name, e.Ino, errMalformed)
 			}
 			if r.freed, err = t.dropLink(ctx, a, now); err != nil {
 				return err

@@ -430,12 +430,9 @@ func (s *Store) Rmdir(ctx context.Context, dir meta.Ino, name string) error {
 		if e.Type != meta.TypeDir {
 			return meta.ErrNotDir
 		}
-		c, ok, err := t.inode(ctx, e.Ino)
+		c, err := t.entryInode(ctx, e)
 		if err != nil {
 			return err
-		}
-		if !ok {
-			return fmt.Errorf("entry points to missing inode %d: %w", e.Ino, errMalformed)
 		}
 		// Every change of c's entries rewrites c's record, so the compare
 		// on c guards this emptiness check.
@@ -519,19 +516,14 @@ func (t *tx) rename(ctx context.Context, fromDir meta.Ino, fromName string, toDi
 	if err := t.loadInodes(ctx, inos...); err != nil {
 		return nil, err
 	}
-	sa, ok, err := t.inode(ctx, src.Ino)
+	sa, err := t.entryInode(ctx, src)
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return nil, fmt.Errorf("entry points to missing inode %d: %w", src.Ino, errMalformed)
-	}
 	var da *meta.Attr
 	if dstExists {
-		if da, ok, err = t.inode(ctx, dst.Ino); err != nil {
+		if da, err = t.entryInode(ctx, dst); err != nil {
 			return nil, err
-		} else if !ok {
-			return nil, fmt.Errorf("entry points to missing inode %d: %w", dst.Ino, errMalformed)
 		}
 	}
 	srcDir := sa.Type == meta.TypeDir

@@ -282,6 +282,20 @@ func (t *tx) remove(a *meta.Attr) {
 	t.ops = append(t.ops, clientv3.OpDelete(t.s.keys.chunkPrefix(a.Ino), clientv3.WithPrefix()))
 }
 
+// entryInode returns the inode that entry e points to. An entry and its
+// inode change in one transaction, so an inode that is gone is
+// corruption (errMalformed).
+func (t *tx) entryInode(ctx context.Context, e dentry) (*meta.Attr, error) {
+	a, ok, err := t.inode(ctx, e.Ino)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("entry points to missing inode %d: %w", e.Ino, errMalformed)
+	}
+	return a, nil
+}
+
 // dentry loads the entry name of dir.
 func (t *tx) dentry(ctx context.Context, dir meta.Ino, name string) (dentry, bool, error) {
 	k := t.s.keys.dentry(dir, name)
