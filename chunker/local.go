@@ -268,10 +268,10 @@ func (s *LocalStore) keepOpen(id chunk.ID, rel string, hdr []byte) {
 // writeSyncClose writes the chunk file of data as chunk id to the empty
 // file f, syncs it, closes it and returns the header it wrote and the
 // data's checksum (sum, when the caller has it, else computed with the
-// block sums). The data
-// goes first, to its place after the header, and the device is asked to
-// start writing it back; the sums are computed while it does, then the
-// header is written and the file synced, which then waits for less.
+// block sums). The data goes first, to its place after the header, and
+// the device is asked to start writing it back; the sums are computed
+// while it does, then the header is written and the file synced, which
+// then waits for less.
 func writeSyncClose(f *os.File, id chunk.ID, data []byte, sum *chunk.Sum) ([]byte, chunk.Sum, error) {
 	dataOff := headerLen(int64(len(data)))
 	if _, err := f.WriteAt(data, dataOff); err != nil {

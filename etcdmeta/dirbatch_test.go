@@ -34,6 +34,16 @@ func markBusy[R any](q *dirQueues[R], dir meta.Ino) {
 	q.dirs[dir] = nil
 }
 
+// testDir makes the directory /d the queue tests work in.
+func testDir(t *testing.T, s *Store) meta.Attr {
+	t.Helper()
+	d, err := s.Create(t.Context(), meta.RootIno, "d", meta.CreateArgs{Type: meta.TypeDir, Mode: 0o755})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func revision(t *testing.T) int64 {
 	t.Helper()
 	resp, err := shared.Client().Get(t.Context(), "revision-probe")
@@ -50,10 +60,7 @@ func revision(t *testing.T) int64 {
 func TestQueuedCreatesShareOneTransaction(t *testing.T) {
 	ctx := t.Context()
 	s := newTestStore(t)
-	d, err := s.Create(ctx, meta.RootIno, "d", meta.CreateArgs{Type: meta.TypeDir, Mode: 0o755})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDir(t, s)
 	file := meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644}
 	excl := meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644, Exclusive: true}
 	reqs := []struct {
@@ -119,14 +126,11 @@ func TestQueuedCreatesShareOneTransaction(t *testing.T) {
 // waits behind another leaves the queue and creates nothing.
 func TestCreateGivesUpWhileQueued(t *testing.T) {
 	s := newTestStore(t)
-	d, err := s.Create(t.Context(), meta.RootIno, "d", meta.CreateArgs{Type: meta.TypeDir, Mode: 0o755})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDir(t, s)
 	markBusy(&s.creates, d.Ino)
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	_, err = s.Create(ctx, d.Ino, "late", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	_, err := s.Create(ctx, d.Ino, "late", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("create given up while queued: %v, want DeadlineExceeded", err)
 	}
@@ -150,10 +154,7 @@ func TestCreateGivesUpWhileQueued(t *testing.T) {
 func TestQueuedUnlinksShareOneTransaction(t *testing.T) {
 	ctx := t.Context()
 	s := newTestStore(t)
-	d, err := s.Create(ctx, meta.RootIno, "d", meta.CreateArgs{Type: meta.TypeDir, Mode: 0o755})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := testDir(t, s)
 	file := meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644}
 	var inos []meta.Ino
 	for _, name := range []string{"a", "b", "l1"} {

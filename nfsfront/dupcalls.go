@@ -95,21 +95,6 @@ const (
 	completedTTL = 2 * time.Minute // longer than clients wait to resend
 )
 
-// replayable reports whether rec is an NFSv3 call whose reply is kept
-// (see completed): one that changes the namespace, which running again
-// would answer differently.
-func replayable(rec []byte) bool {
-	proc, _, ok := nfs3Proc(rec)
-	if !ok {
-		return false
-	}
-	switch proc {
-	case procSetattr, procCreate, procMkdir, procSymlink, procRemove, procRmdir, procRename, procLink:
-		return true
-	}
-	return false
-}
-
 // completed holds the replies of recently completed calls that change the
 // namespace, by call, the oldest dropped first.
 type completed struct {

@@ -24,25 +24,37 @@ const inlineLimit = 200 * time.Microsecond
 // quickReadMax is the largest READ that counts as a quick call.
 const quickReadMax = 64 << 10
 
-// quickCall reports whether rec is a quick call: an NFSv3 GETATTR, LOOKUP
-// or ACCESS, or a READ of at most quickReadMax bytes (NULL is not: go-nfs
-// answers it). A record that does not parse is not quick (dispatch
-// answers it).
-func quickCall(rec []byte) bool {
+// callTraits is what a connection decides about a record before dispatch
+// parses it.
+type callTraits struct {
+	// quick: an NFSv3 GETATTR, LOOKUP or ACCESS, or a READ of at most
+	// quickReadMax bytes (NULL is not: go-nfs answers it), served on the
+	// reader goroutine while such calls stay fast.
+	quick bool
+	// keep: a call that changes the namespace, whose reply is kept for
+	// a client that sends it again (see completed in dupcalls.go).
+	keep bool
+}
+
+// traitsOf returns the traits of rec, reading its procedure once. A
+// record that does not parse has none (dispatch answers it).
+func traitsOf(rec []byte) callTraits {
 	proc, d, ok := nfs3Proc(rec)
 	if !ok {
-		return false
+		return callTraits{}
 	}
 	switch proc {
 	case procGetattr, procLookup, procAccess:
-		return true
+		return callTraits{quick: true}
 	case procRead:
 		_ = d.opaque(maxFHSize)
 		_ = d.u64() // offset
 		count := d.u32()
-		return d.err == nil && count <= quickReadMax
+		return callTraits{quick: d.err == nil && count <= quickReadMax}
+	case procSetattr, procCreate, procMkdir, procSymlink, procRemove, procRmdir, procRename, procLink:
+		return callTraits{keep: true}
 	}
-	return false
+	return callTraits{}
 }
 
 // quickTimes is a connection's moving average of the time its quick calls

@@ -9,33 +9,38 @@ import (
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
 
-func TestQuickCall(t *testing.T) {
+func TestTraitsOf(t *testing.T) {
 	fh := opaqueArg(make([]byte, 32))
 	read := func(count uint32) []byte {
 		return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(fh, 0), count)
 	}
+	quick, keep := callTraits{quick: true}, callTraits{keep: true}
 	for _, tt := range []struct {
 		name string
 		rec  []byte
-		want bool
+		want callTraits
 	}{
-		{"NULL", callRecord(1, progNFS, 3, 0, nil), false},
-		{"GETATTR", callRecord(1, progNFS, 3, procGetattr, fh), true},
-		{"LOOKUP", callRecord(1, progNFS, 3, procLookup, fh), true},
-		{"ACCESS", callRecord(1, progNFS, 3, procAccess, fh), true},
-		{"4 KiB READ", callRecord(1, progNFS, 3, procRead, read(4096)), true},
-		{"64 KiB READ", callRecord(1, progNFS, 3, procRead, read(quickReadMax)), true},
-		{"1 MiB READ", callRecord(1, progNFS, 3, procRead, read(1<<20)), false},
-		{"READ without arguments", callRecord(1, progNFS, 3, procRead, nil), false},
-		{"WRITE", callRecord(1, progNFS, 3, procWrite, fh), false},
-		{"COMMIT", callRecord(1, progNFS, 3, procCommit, fh), false},
-		{"CREATE", callRecord(1, progNFS, 3, procCreate, fh), false},
-		{"NFSv2 GETATTR", callRecord(1, progNFS, 2, procGetattr, fh), false},
-		{"MOUNT", callRecord(1, progMount, 3, mountProcMnt, opaqueArg([]byte("/"))), false},
-		{"garbage", []byte{1, 2, 3}, false},
+		{"NULL", callRecord(1, progNFS, 3, 0, nil), callTraits{}},
+		{"GETATTR", callRecord(1, progNFS, 3, procGetattr, fh), quick},
+		{"LOOKUP", callRecord(1, progNFS, 3, procLookup, fh), quick},
+		{"ACCESS", callRecord(1, progNFS, 3, procAccess, fh), quick},
+		{"4 KiB READ", callRecord(1, progNFS, 3, procRead, read(4096)), quick},
+		{"64 KiB READ", callRecord(1, progNFS, 3, procRead, read(quickReadMax)), quick},
+		{"1 MiB READ", callRecord(1, progNFS, 3, procRead, read(1<<20)), callTraits{}},
+		{"READ without arguments", callRecord(1, progNFS, 3, procRead, nil), callTraits{}},
+		{"WRITE", callRecord(1, progNFS, 3, procWrite, fh), callTraits{}},
+		{"COMMIT", callRecord(1, progNFS, 3, procCommit, fh), callTraits{}},
+		{"CREATE", callRecord(1, progNFS, 3, procCreate, fh), keep},
+		{"REMOVE", callRecord(1, progNFS, 3, procRemove, fh), keep},
+		{"RENAME", callRecord(1, progNFS, 3, procRename, fh), keep},
+		{"SETATTR", callRecord(1, progNFS, 3, procSetattr, fh), keep},
+		{"NFSv2 GETATTR", callRecord(1, progNFS, 2, procGetattr, fh), callTraits{}},
+		{"NFSv2 REMOVE", callRecord(1, progNFS, 2, procRemove, fh), callTraits{}},
+		{"MOUNT", callRecord(1, progMount, 3, mountProcMnt, opaqueArg([]byte("/"))), callTraits{}},
+		{"garbage", []byte{1, 2, 3}, callTraits{}},
 	} {
-		if got := quickCall(tt.rec); got != tt.want {
-			t.Errorf("%s: quick %v, want %v", tt.name, got, tt.want)
+		if got := traitsOf(tt.rec); got != tt.want {
+			t.Errorf("%s: traits %+v, want %+v", tt.name, got, tt.want)
 		}
 	}
 }

@@ -152,8 +152,8 @@ func (c *rpcConn) serve(ctx context.Context) {
 			<-slots
 			continue
 		}
-		keep := replayable(rec)
-		if keep {
+		traits := traitsOf(rec)
+		if traits.keep {
 			if reply := c.srv.completed.lookup(key, time.Now()); reply != nil {
 				// Done before: its reply again, not a second run.
 				log.Debug().Uint32("xid", key.xid).Msg("answered a retransmitted call with its kept reply")
@@ -166,10 +166,9 @@ func (c *rpcConn) serve(ctx context.Context) {
 				continue
 			}
 		}
-		quick := quickCall(rec)
-		if quick && br.Buffered() == 0 && c.quick.inline() {
+		if traits.quick && br.Buffered() == 0 && c.quick.inline() {
 			start := time.Now()
-			serveCall(rec, key, false)
+			serveCall(rec, key, traits.keep)
 			c.quick.note(time.Since(start))
 			c.srv.inProgress.end(key)
 			<-c.srv.callSlots
@@ -178,11 +177,11 @@ func (c *rpcConn) serve(ctx context.Context) {
 		}
 		calls.Go(func() {
 			defer func() { c.srv.inProgress.end(key); <-c.srv.callSlots; <-slots }()
-			if quick {
+			if traits.quick {
 				start := time.Now()
 				defer func() { c.quick.note(time.Since(start)) }()
 			}
-			serveCall(rec, key, keep)
+			serveCall(rec, key, traits.keep)
 		})
 	}
 }
