@@ -57,26 +57,33 @@ type inProgress struct {
 	dropped atomic.Uint64 // retransmissions dropped, for tests and logs
 }
 
-// begin records that the call rec from client starts and returns its key
-// and ok true; ok is false when the same call is already in progress (the
-// caller drops it, and does not end it). A record too short to hold an
-// xid is not tracked (ok, zero key).
-func (p *inProgress) begin(client string, rec []byte) (key callKey, ok bool) {
+// callKeyOf returns the key of the call rec from client; the zero key for a
+// record too short to hold an xid, which is not tracked.
+func callKeyOf(client string, rec []byte) callKey {
 	if len(rec) < 4 {
-		return callKey{}, true
+		return callKey{}
 	}
-	key = callKey{client: client, xid: binary.BigEndian.Uint32(rec), n: len(rec), sum: xxh3.Hash(rec[:min(len(rec), hashedPrefix)])}
+	return callKey{client: client, xid: binary.BigEndian.Uint32(rec), n: len(rec), sum: xxh3.Hash(rec[:min(len(rec), hashedPrefix)])}
+}
+
+// begin records that the call of key starts and returns true; false when
+// the same call is already in progress (the caller drops it, and does not
+// end it). The zero key is not tracked.
+func (p *inProgress) begin(key callKey) bool {
+	if key == (callKey{}) {
+		return true
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, busy := p.calls[key]; busy {
 		p.dropped.Add(1)
-		return key, false
+		return false
 	}
 	if p.calls == nil {
 		p.calls = map[callKey]struct{}{}
 	}
 	p.calls[key] = struct{}{}
-	return key, true
+	return true
 }
 
 // end records that the call of key (from begin) is done.

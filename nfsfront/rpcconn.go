@@ -143,28 +143,29 @@ func (c *rpcConn) serve(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		key, ok := c.srv.inProgress.begin(client, rec)
-		if !ok {
-			// A retransmission of a call still being served: its
-			// reply answers both.
-			log.Debug().Uint32("xid", key.xid).Msg("dropped a retransmitted call still in progress")
-			<-c.srv.callSlots
-			<-slots
-			continue
-		}
-		traits := traitsOf(rec)
+		key, traits := callKeyOf(client, rec), traitsOf(rec)
 		if traits.keep {
+			// Looked up before the calls in progress: a reply is kept
+			// before it is sent, so a call sent again once its reply
+			// arrived finds it, even while the first is ending.
 			if reply := c.srv.completed.lookup(key, time.Now()); reply != nil {
 				// Done before: its reply again, not a second run.
 				log.Debug().Uint32("xid", key.xid).Msg("answered a retransmitted call with its kept reply")
 				if err := c.writeRecord(reply); err != nil {
 					_ = c.raw.Close()
 				}
-				c.srv.inProgress.end(key)
 				<-c.srv.callSlots
 				<-slots
 				continue
 			}
+		}
+		if !c.srv.inProgress.begin(key) {
+			// A retransmission of a call still being served: its
+			// reply answers both.
+			log.Debug().Uint32("xid", key.xid).Msg("dropped a retransmitted call still in progress")
+			<-c.srv.callSlots
+			<-slots
+			continue
 		}
 		if traits.quick && br.Buffered() == 0 && c.quick.inline() {
 			start := time.Now()
