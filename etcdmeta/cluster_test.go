@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
+	"github.com/wormhole-fs/wormhole/tests/freeport"
 )
 
 // testMember is one embedded member of a test cluster on loopback.
@@ -30,12 +31,11 @@ type testMember struct {
 // freeURL returns scheme://127.0.0.1:port for a port free a moment ago.
 func freeURL(t *testing.T, scheme string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return scheme + "://" + l.Addr().String()
+	return scheme + "://" + addr
 }
 
 // newTestMember configures a member in its own directory with fixed

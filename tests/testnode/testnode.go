@@ -22,6 +22,7 @@ import (
 
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
+	"github.com/wormhole-fs/wormhole/tests/freeport"
 )
 
 // BuildBinary builds cmd/wormhole into dir and returns its path. It uses
@@ -48,14 +49,7 @@ func FreeAddr(t testing.TB) string {
 	return a
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freePort() (string, error) { return freeport.Addr() }
 
 // Process is a wormhole binary running as a child process.
 type Process struct {
