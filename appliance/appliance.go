@@ -150,8 +150,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 			return nil, err
 		}
 		n.etcd, err = etcdmeta.StartEmbedded(ctx, etcdmeta.EmbedConfig{
-			Dir:        filepath.Join(dataDir, "etcd"),
-			QuotaBytes: cfg.Etcd.QuotaBytes,
+			Dir:                 filepath.Join(dataDir, "etcd"),
+			QuotaBytes:          cfg.Etcd.QuotaBytes,
+			CompactionRetention: cfg.Etcd.CompactionRetention,
 		}, log.With().Str("component", "etcd").Logger())
 		if err != nil {
 			return nil, err
@@ -307,6 +308,9 @@ func (n *Node) Serve(ctx context.Context) error {
 		}
 		ccancel()
 	})
+	if age := n.cfg.Chunks.WriteBackAge; age > 0 && n.cfg.Chunks.WriteBack > 0 {
+		wg.Go(func() { n.commitOld(ctx, age) })
+	}
 	if n.admin != nil {
 		h := n.adminHandler(n.adminToken, n.metrics())
 		wg.Go(func() {
@@ -325,6 +329,28 @@ func (n *Node) Serve(ctx context.Context) error {
 	cancel()
 	n.waitStopped(&wg)
 	return errors.Join(append(errs, more...)...)
+}
+
+// commitOld commits, until ctx ends, the UNSTABLE writes that waited
+// longer than age for their client's COMMIT. It looks every quarter of
+// age, so none waits much longer than that.
+func (n *Node) commitOld(ctx context.Context, age time.Duration) {
+	t := time.NewTicker(max(age/4, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			k, err := n.files.CommitOlder(ctx, now.Add(-age))
+			if err != nil && ctx.Err() == nil {
+				n.log.Warn().Err(err).Dur("age", age).Msg("write-back: committing writes no client committed")
+			}
+			if k > 0 {
+				n.log.Debug().Int("files", k).Dur("age", age).Msg("write-back: committed writes no client committed")
+			}
+		}
+	}
 }
 
 // shutdownGrace is how long Serve waits for its components to stop

@@ -99,12 +99,13 @@ func (n *Node) startClusterEtcd(ctx context.Context, dataDir string) (*clientv3.
 	switch c.st.Role {
 	case roleVoter:
 		ec := etcdmeta.EmbedConfig{
-			Dir:        filepath.Join(dataDir, "etcd"),
-			Name:       c.st.NodeID,
-			PeerURL:    "https://" + hostPort(c.adv, cfg.Etcd.PeerPort),
-			ClientURL:  "https://" + hostPort(c.adv, cfg.Etcd.ClientPort),
-			TLS:        &etcdmeta.EmbedTLS{CertPEM: c.id.certPEM, KeyPEM: c.id.keyPEM, CAPEM: c.id.roots.CertPEM()},
-			QuotaBytes: cfg.Etcd.QuotaBytes,
+			Dir:                 filepath.Join(dataDir, "etcd"),
+			Name:                c.st.NodeID,
+			PeerURL:             "https://" + hostPort(c.adv, cfg.Etcd.PeerPort),
+			ClientURL:           "https://" + hostPort(c.adv, cfg.Etcd.ClientPort),
+			TLS:                 &etcdmeta.EmbedTLS{CertPEM: c.id.certPEM, KeyPEM: c.id.keyPEM, CAPEM: c.id.roots.CertPEM()},
+			QuotaBytes:          cfg.Etcd.QuotaBytes,
+			CompactionRetention: cfg.Etcd.CompactionRetention,
 		}
 		if c.st.InitialCluster != "" {
 			initial, err := n.currentInitialCluster(ctx, dataDir, log)

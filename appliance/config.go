@@ -18,6 +18,7 @@ import (
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
 
+	"github.com/wormhole-fs/wormhole/etcdmeta"
 	"github.com/wormhole-fs/wormhole/nfsfront"
 )
 
@@ -41,6 +42,12 @@ type Config struct {
 	Scrub      ScrubConfig      `koanf:"scrub"`
 	Postures   PosturesConfig   `koanf:"postures"`
 	Log        LogConfig        `koanf:"log"`
+	// MemoryLimit is a soft limit, in bytes, on the memory the node's Go
+	// runtime uses (as GOMEMLIMIT): near it, garbage is collected sooner
+	// and freed memory goes back to the system sooner. It is not a cap:
+	// live data above it is kept. 0 leaves the runtime's default (or
+	// GOMEMLIMIT from the environment).
+	MemoryLimit int64 `koanf:"memory_limit" validate:"min=0"`
 
 	// Version is the running binary's version, set by the command, not
 	// the file.
@@ -141,6 +148,12 @@ type ChunkConfig struct {
 	// whole chunks; past it, writes commit to make room. 0 makes every
 	// write stable.
 	WriteBack int64 `koanf:"write_back" validate:"min=0,max=17179869184"`
+	// WriteBackAge is how long such data may wait for the client's
+	// COMMIT: older, it is committed by the node (as the kernel writes
+	// back dirty pages), so that a client that never commits neither holds
+	// memory nor leaves data at risk for long, and other nodes see it. 0
+	// waits for the COMMIT (or the write_back limit).
+	WriteBackAge time.Duration `koanf:"write_back_age" validate:"min=0"`
 	// OpenFiles is how many chunk files a node keeps open, with their
 	// verified headers, so that a read of part of a chunk costs one pread
 	// of the 64 KiB blocks it covers (each still verified). 0 turns the
@@ -163,6 +176,13 @@ type EtcdConfig struct {
 	// Nodes of a cluster, and nodes on an external etcd, read etcd every
 	// time: the cache is exact only for a namespace's only writer.
 	CacheEntries int `koanf:"cache_entries" validate:"min=0,max=10000000"`
+	// CompactionRetention is how long an embedded etcd member keeps the
+	// superseded versions of metadata records before compacting them
+	// (etcd keeps between one and two such periods). etcd holds an index
+	// of that history in memory, so a node's memory grows with the rate
+	// of metadata changes times this. Nothing in Wormhole reads history
+	// older than one operation; an external etcd sets its own.
+	CompactionRetention time.Duration `koanf:"compaction_retention" validate:"min=10s,max=24h"`
 	// Voters is how many nodes of a cluster run an embedded etcd member
 	// (1, 3 or 5): the first nodes to join do, the others are clients.
 	Voters int `koanf:"voters" validate:"oneof=1 3 5"`
@@ -273,8 +293,11 @@ func DefaultConfig() Config {
 			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
-		Chunks:     ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20, OpenFiles: 1024, OpenBytes: 16 << 20},
-		Etcd:       EtcdConfig{QuotaBytes: 2 << 30, CacheEntries: 65536, Voters: 3, PeerPort: 2380, ClientPort: 2379},
+		Chunks: ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20, WriteBackAge: 30 * time.Second, OpenFiles: 1024, OpenBytes: 16 << 20},
+		Etcd: EtcdConfig{
+			QuotaBytes: 2 << 30, CacheEntries: 65536, CompactionRetention: etcdmeta.DefaultCompactionRetention,
+			Voters: 3, PeerPort: 2380, ClientPort: 2379,
+		},
 		Admin:      AdminConfig{Addr: "127.0.0.1:9470"},
 		Log:        LogConfig{Level: "info", Format: "console"},
 		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},

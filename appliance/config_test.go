@@ -3,6 +3,7 @@ package appliance
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -64,10 +65,17 @@ func TestLoadConfigDefaultsAndOverrides(t *testing.T) {
 	}
 }
 
-// The packaged example must load as it is: it is what users copy.
+// The packaged example must load as it is, and say the defaults it claims
+// to show: it is what users copy.
 func TestPackagedConfigLoads(t *testing.T) {
-	if _, err := LoadConfig("../packaging/wormhole.yaml", Overrides{}); err != nil {
+	got, err := LoadConfig("../packaging/wormhole.yaml", Overrides{})
+	if err != nil {
 		t.Fatalf("packaging/wormhole.yaml: %v", err)
+	}
+	want := DefaultConfig()
+	want.DataDir = "/var/lib/wormhole" // the file shows the packaged (root) default
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("packaging/wormhole.yaml does not show the defaults:\n got %+v\nwant %+v", got, want)
 	}
 }
 

@@ -30,7 +30,10 @@ import (
 // start, so clients send it again). The table is bounded by
 // SetWriteBack's limit: a write that finds it over the limit first
 // commits its own file, then whatever other files it can lock without
-// waiting.
+// waiting. And by age: CommitOlder, run periodically by the node, commits
+// the files written to that long ago, so that data a client never commits
+// (it crashed, or went away) neither waits in memory nor stays at risk
+// for long, and other nodes see it.
 
 // maxCommitRefs bounds the chunk references of one namespace transaction
 // of Commit (far below etcd's operation limit); a file with more dirty
@@ -62,6 +65,7 @@ type dirtyFile struct {
 	chunks map[uint64]*dirtyChunk
 	size   uint64 // the end of the furthest write
 	mtime  int64  // Unix ns of the last write
+	since  int64  // Unix ns of the first write not committed
 	copies int    // the inode's redundancy, for a commit from elsewhere
 }
 
@@ -140,7 +144,7 @@ func (f *Files) buffer(ino meta.Ino, copies int, p []byte, start uint64) {
 	f.wb.mu.Lock()
 	df := f.wb.files[ino]
 	if df == nil {
-		df = &dirtyFile{chunks: make(map[uint64]*dirtyChunk)}
+		df = &dirtyFile{chunks: make(map[uint64]*dirtyChunk), since: time.Now().UnixNano()}
 		if f.wb.files == nil {
 			f.wb.files = make(map[meta.Ino]*dirtyFile)
 		}
@@ -294,6 +298,33 @@ func (f *Files) CommitAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CommitOlder commits the files of the table whose oldest uncommitted
+// write was made before t, and returns how many it committed and the
+// failures joined (a file removed meanwhile is no failure).
+func (f *Files) CommitOlder(ctx context.Context, t time.Time) (int, error) {
+	before := t.UnixNano()
+	var old []meta.Ino
+	f.wb.mu.Lock()
+	for ino, df := range f.wb.files {
+		if df.since < before {
+			old = append(old, ino)
+		}
+	}
+	f.wb.mu.Unlock()
+	n := 0
+	var errs []error
+	for _, ino := range old {
+		_, ok, err := f.Commit(ctx, ino)
+		switch {
+		case err != nil && !errors.Is(err, meta.ErrStale):
+			errs = append(errs, err)
+		case ok:
+			n++
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // commitLocked is Commit under ino's lock.

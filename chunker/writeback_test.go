@@ -3,11 +3,30 @@ package chunker
 import (
 	"bytes"
 	"math/rand/v2"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunkertest"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
+
+// writeBackChunk is the chunk size of writeBackFiles.
+const writeBackChunk = 64 << 10
+
+// writeBackFiles returns Files with write-back on (16 chunks), over a
+// fake namespace and a local store, with them.
+func writeBackFiles(t *testing.T) (*Files, *chunkertest.Namespace, *LocalStore) {
+	t.Helper()
+	s, err := OpenLocal(t.TempDir(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := chunkertest.NewNamespace()
+	f := NewFiles(ns, s, writeBackChunk, testLogger(t))
+	f.SetWriteBack(16 * writeBackChunk)
+	return f, ns, s
+}
 
 // TestWriteBack checks UNSTABLE writes against a model file: they are
 // read back (and sized by Pending) before Commit, are not in the namespace
@@ -16,15 +35,9 @@ import (
 // truncate commits them first; a small limit makes writes commit by
 // themselves.
 func TestWriteBack(t *testing.T) {
+	const cs = writeBackChunk
 	ctx := t.Context()
-	s, err := OpenLocal(t.TempDir(), testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := chunkertest.NewNamespace()
-	const cs = 64 << 10
-	f := NewFiles(ns, s, cs, testLogger(t))
-	f.SetWriteBack(16 * cs)
+	f, ns, s := writeBackFiles(t)
 	const ino = meta.Ino(5)
 	rng := rand.New(rand.NewPCG(7, 9))
 	var model []byte
@@ -143,5 +156,61 @@ func TestDirtyChunkExtents(t *testing.T) {
 				t.Fatalf("round %d: extents %d and %d touch", round, i-1, i)
 			}
 		}
+	}
+}
+
+// TestCommitOlder checks the age flush: files first written before the
+// cutoff are committed (another Files over the same namespace and store
+// reads them), files first written after it stay uncommitted, and an
+// empty table commits nothing.
+func TestCommitOlder(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := writeBackFiles(t)
+	if n, err := f.CommitOlder(ctx, time.Now()); n != 0 || err != nil {
+		t.Fatalf("CommitOlder on an empty table: %d, %v", n, err)
+	}
+	oldData, newData := bytes.Repeat([]byte("old "), 3000), bytes.Repeat([]byte("new "), 3000)
+	const oldIno, newIno = meta.Ino(7), meta.Ino(8)
+	if _, stable, err := f.WriteUnstable(ctx, oldIno, oldData, 100); err != nil || stable {
+		t.Fatalf("WriteUnstable: stable %v, %v", stable, err)
+	}
+	cutoff := time.Now()
+	// The clock must move past the cutoff before the second file's first
+	// write (a coarse clock could give both the same reading).
+	for !time.Now().After(cutoff) {
+		runtime.Gosched()
+	}
+	if _, stable, err := f.WriteUnstable(ctx, newIno, newData, 0); err != nil || stable {
+		t.Fatalf("WriteUnstable: stable %v, %v", stable, err)
+	}
+	// A later write to the old file does not make it young again.
+	if _, _, err := f.WriteUnstable(ctx, oldIno, []byte("tail"), 100+int64(len(oldData))); err != nil {
+		t.Fatal(err)
+	}
+	oldData = append(oldData, "tail"...)
+
+	n, err := f.CommitOlder(ctx, cutoff)
+	if err != nil || n != 1 {
+		t.Fatalf("CommitOlder: %d files, %v; want 1", n, err)
+	}
+	if _, _, ok := f.Pending(oldIno); ok {
+		t.Fatal("the old file is still pending")
+	}
+	if _, _, ok := f.Pending(newIno); !ok {
+		t.Fatal("the file written after the cutoff was committed")
+	}
+	other := NewFiles(ns, s, writeBackChunk, testLogger(t))
+	got := make([]byte, 100+len(oldData))
+	if n, err := other.ReadAt(ctx, oldIno, uint64(len(got)), got, 0); n != len(got) || err != nil {
+		t.Fatalf("read of the committed file from another Files: %d, %v", n, err)
+	}
+	if !bytes.Equal(got[100:], oldData) || !bytes.Equal(got[:100], make([]byte, 100)) {
+		t.Fatal("the committed file reads back wrong")
+	}
+	if n, err := f.CommitOlder(ctx, time.Now().Add(time.Hour)); n != 1 || err != nil {
+		t.Fatalf("CommitOlder of the rest: %d, %v; want 1", n, err)
+	}
+	if _, _, ok := f.Pending(newIno); ok {
+		t.Fatal("the second file is still pending")
 	}
 }

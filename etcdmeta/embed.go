@@ -35,8 +35,12 @@ const (
 	// CommitWrite of many chunk references).
 	DefaultMaxTxnOps = 10000
 	// DefaultCompactionRetention is how much history auto-compaction keeps
-	// (periodic mode).
-	DefaultCompactionRetention = 5 * time.Minute
+	// (periodic mode: it compacts every period to the revision of one
+	// period before, so between one and two periods are kept). Operations
+	// read history only within themselves (a snapshot revision, retried
+	// when compacted); the history's index lives in memory, so the shorter
+	// the period the less memory metadata churn takes.
+	DefaultCompactionRetention = time.Minute
 	// maxLearners is how many learners an embedded member lets the cluster
 	// hold at once: two, so that growing from 3 to 5 voters can promote
 	// the fourth while the fifth is waiting (see PromoteWhenReady).

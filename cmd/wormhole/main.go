@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -56,6 +57,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 			log, err := appliance.NewLogger(cfg.Log, os.Stderr)
 			if err != nil {
 				return err
+			}
+			if cfg.MemoryLimit > 0 {
+				debug.SetMemoryLimit(cfg.MemoryLimit)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()

@@ -3,6 +3,9 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,44 +20,9 @@ import (
 // the write verifier changes when the node restarts, so a client holding
 // uncommitted writes learns it must send them again.
 func TestUnstableCommitSurvivesKill(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the wormhole binary")
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	bin, err := testnode.BuildBinary(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(t.TempDir(), "data")
-	addr := testnode.FreeAddr(t)
-	start := func() *testnode.Process {
-		p, err := testnode.Start(bin, dataDir, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Kill9)
-		if err := p.WaitReady(ctx); err != nil {
-			t.Fatalf("node not ready: %v\n%s", err, p.Output())
-		}
-		return p
-	}
-	dial := func() *nfsConn {
-		tg, err := mountNFS(ctx, addr, addr, "/", 30*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tg.unstable = true
-		c, err := tg.dial(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.close() })
-		return c.(*nfsConn)
-	}
-
+	ctx, addr, start := restartableNode(t)
 	p := start()
-	c := dial()
+	c := dialUnstable(ctx, t, addr)
 	committed, err := c.create(ctx, c.root(), "committed")
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +71,7 @@ func TestUnstableCommitSurvivesKill(t *testing.T) {
 	p.Kill9()
 	_ = c.close()
 	start()
-	c = dial()
+	c = dialUnstable(ctx, t, addr)
 	got = make([]byte, len(want))
 	if err := c.readAt(ctx, committed, got, 1000); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("committed data after kill -9: equal %v, %v", bytes.Equal(got, want), err)
@@ -129,4 +97,129 @@ func TestUnstableCommitSurvivesKill(t *testing.T) {
 	if err := c.commit(ctx, lost); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestUnstableWritesCommittedByAge checks chunks.write_back_age: UNSTABLE
+// writes that no COMMIT follows (the client crashed, or went away) are
+// committed by the node once they are that old, so they survive a kill -9
+// of the node that came after.
+func TestUnstableWritesCommittedByAge(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "wormhole.yaml")
+	if err := os.WriteFile(cfg, []byte("chunks:\n  write_back_age: 300ms\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, addr, start := restartableNode(t, "--config", cfg)
+	p := start()
+	c := dialUnstable(ctx, t, addr)
+	fh, err := c.create(ctx, c.root(), "never-committed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte("written, never committed "), 3000)
+	if err := c.writeBackAt(ctx, fh, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !c.hasVerf {
+		t.Fatal("UNSTABLE WRITE was answered stable: write-back is off")
+	}
+	// No COMMIT: the node stores the data by itself (its chunk file
+	// appears) once it is older than the age.
+	chunks := filepath.Join(p.DataDir, "chunks")
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for chunkFiles(t, chunks) == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the uncommitted write was never stored")
+		case <-tick.C:
+		}
+	}
+	p.Kill9()
+	_ = c.close()
+	start()
+	c = dialUnstable(ctx, t, addr)
+	got := make([]byte, len(want))
+	if err := c.readAt(ctx, fh, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("write stored by age, after kill -9: equal %v, %v", bytes.Equal(got, want), err)
+	}
+}
+
+// restartableNode builds the wormhole binary and returns the test's
+// context (3 minutes), the NFS address, and a function that starts
+// `wormhole serve` on that address and one data directory, with extra
+// arguments, and waits until it serves. Every process it starts is killed
+// when the test ends, and its output logged if the test failed.
+func restartableNode(t *testing.T, extra ...string) (context.Context, string, func() *testnode.Process) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the wormhole binary")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	t.Cleanup(cancel)
+	bin, err := testnode.BuildBinary(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	addr := testnode.FreeAddr(t)
+	return ctx, addr, func() *testnode.Process {
+		t.Helper()
+		p, err := testnode.Start(bin, dataDir, addr, extra...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			p.Kill9()
+			if t.Failed() {
+				t.Logf("node output:\n%s", p.Output())
+			}
+		})
+		if err := p.WaitReady(ctx); err != nil {
+			t.Fatalf("node not ready: %v\n%s", err, p.Output())
+		}
+		return p
+	}
+}
+
+// dialUnstable mounts the node at addr and connects a client that sends
+// its writes UNSTABLE.
+func dialUnstable(ctx context.Context, t *testing.T, addr string) *nfsConn {
+	t.Helper()
+	tg, err := mountNFS(ctx, addr, addr, "/", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.unstable = true
+	c, err := tg.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.close() })
+	return c.(*nfsConn)
+}
+
+// chunkFiles counts the chunk files in a chunk store directory (in its
+// fan-out subdirectories; temporary files excluded).
+func chunkFiles(t *testing.T, dir string) int {
+	t.Helper()
+	subs, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, sub := range subs {
+		if !sub.IsDir() || len(sub.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, sub.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if f.Type().IsRegular() && strings.HasPrefix(f.Name(), sub.Name()) {
+				n++
+			}
+		}
+	}
+	return n
 }
