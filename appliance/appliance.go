@@ -163,9 +163,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 
 	var nsOpts []etcdmeta.Option
 	if !clustered {
-		// This process is the namespace's only writer: its embedded
-		// etcd is locked to it.
-		nsOpts = append(nsOpts, etcdmeta.WithExclusiveCache(cfg.Etcd.CacheEntries))
+		// This process is the namespace's only writer, and its embedded
+		// etcd (one member) is locked to it.
+		nsOpts = append(nsOpts, etcdmeta.WithExclusiveCache(cfg.Etcd.CacheEntries), etcdmeta.WithSoleMember())
 	}
 	ns, err := etcdmeta.New(ctx, cli, clusterID, log.With().Str("component", "meta").Logger(), nsOpts...)
 	if err != nil {

@@ -26,12 +26,7 @@ type Option func(*Store)
 // watches, so a second writer would leave it stale. Nodes of a cluster
 // must not use it. entries <= 0 leaves the cache off.
 func WithExclusiveCache(entries int) Option {
-	return func(s *Store) {
-		if entries > 0 {
-			s.cache = newAttrCache(entries, s.keys.inoPrefix(), s.keys.prefix+"ent/", s.keys.chunkRoot())
-			s.kv = &cachedKV{KV: s.kv, c: s.cache}
-		}
-	}
+	return func(s *Store) { s.cacheEntries = entries }
 }
 
 // CacheStats reports the exclusive cache's hits, misses and entries (all

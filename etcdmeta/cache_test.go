@@ -14,10 +14,12 @@ import (
 	"github.com/wormhole-fs/wormhole/etcdmeta/metatest"
 )
 
+// newCachedStore returns a Store as a single node has it: with the
+// exclusive cache, over its one etcd member (the tests' shared one).
 func newCachedStore(t *testing.T, entries int) *Store {
 	t.Helper()
 	id := fmt.Sprintf("test-%d", clusterSeq.Add(1))
-	s, err := New(t.Context(), shared.Client(), id, testLog(t), WithExclusiveCache(entries))
+	s, err := New(t.Context(), shared.Client(), id, testLog(t), WithExclusiveCache(entries), WithSoleMember())
 	if err != nil {
 		t.Fatal(err)
 	}

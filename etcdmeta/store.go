@@ -29,8 +29,12 @@ type Store struct {
 	// or a cachedKV over it (see WithExclusiveCache).
 	kv    clientv3.KV
 	cache *attrCache // nil without WithExclusiveCache
-	keys  keys
-	alloc *allocator
+	// cacheEntries and soleMember are the options that shape kv
+	// (WithExclusiveCache, WithSoleMember).
+	cacheEntries int
+	soleMember   bool
+	keys         keys
+	alloc        *allocator
 	// creates and unlinks queue concurrent changes per directory
 	// (dirbatch.go).
 	creates dirQueues[createReq]
@@ -64,6 +68,15 @@ func New(ctx context.Context, cli *clientv3.Client, clusterID string, log zerolo
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	// Serializable reads go under the cache, which tells current reads by
+	// their options.
+	if s.soleMember {
+		s.kv = localReadKV{KV: s.kv}
+	}
+	if s.cacheEntries > 0 {
+		s.cache = newAttrCache(s.cacheEntries, k.inoPrefix(), k.prefix+"ent/", k.chunkRoot())
+		s.kv = &cachedKV{KV: s.kv, c: s.cache}
 	}
 	if err := s.bootstrap(ctx); err != nil {
 		return nil, err
