@@ -194,7 +194,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		blobs, usage = n.cl.replica, clusterUsage{n.cl.members, cfg.Redundancy.Copies}
 	}
 	if cfg.Scrub.Rate > 0 {
-		n.scrub = scrub.New(scrub.Config{Rate: cfg.Scrub.Rate, Interval: cfg.Scrub.Interval, Delay: cfg.Scrub.Delay},
+		n.scrub = scrub.New(scrub.Config{
+			Rate: cfg.Scrub.Rate, Interval: cfg.Scrub.Interval, Delay: cfg.Scrub.Delay, QuarantineKeep: cfg.Scrub.QuarantineKeep,
+		},
 			n.store, n.badChunk, log.With().Str("component", "scrub").Logger())
 	}
 	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())

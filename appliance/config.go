@@ -251,6 +251,10 @@ type ScrubConfig struct {
 	Interval time.Duration `koanf:"interval" validate:"min=1s"`
 	// Delay is the wait after start before the first pass.
 	Delay time.Duration `koanf:"delay" validate:"min=0"`
+	// QuarantineKeep is how long damaged copies the scrubber set aside
+	// (<data_dir>/chunks/quarantine) are kept for inspection before a
+	// pass deletes them; 0 keeps them until an operator does.
+	QuarantineKeep time.Duration `koanf:"quarantine_keep" validate:"min=0"`
 }
 
 // PosturesConfig says what the cluster does in each situation (see
@@ -303,7 +307,7 @@ func DefaultConfig() Config {
 		Cluster:    ClusterConfig{GossipPort: 7946, DataPort: 7947, JoinPort: 7948},
 		Redundancy: RedundancyConfig{Copies: 2, WhenShort: "degraded"},
 		Repair:     RepairConfig{Grace: 10 * time.Minute, Bandwidth: 64 << 20, Interval: time.Minute, OrphanGrace: time.Hour},
-		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour, Delay: 10 * time.Minute},
+		Scrub:      ScrubConfig{Rate: 16 << 20, Interval: 24 * time.Hour, Delay: 10 * time.Minute, QuarantineKeep: 30 * 24 * time.Hour},
 		Postures:   PosturesConfig{Favourable: "serve", Mixed: "serve", Critical: "read-only"},
 	}
 }

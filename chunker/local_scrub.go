@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
@@ -19,7 +20,8 @@ import (
 //
 // List, Get and every other method look only in the 256 fan-out
 // subdirectories, so a quarantined file is never listed or served. It is
-// kept for inspection; nothing removes it but an operator.
+// kept for inspection until PruneQuarantine (which the scrubber runs with
+// its quarantine_keep) or an operator deletes it.
 const QuarantineDir = "quarantine"
 
 // Verify reads the whole file of chunk id and checks it as Get does: the
@@ -93,6 +95,71 @@ func (s *LocalStore) Quarantine(ctx context.Context, id chunk.ID) error {
 	}
 	s.log.Warn().Str("chunk", id.String()).Str("path", filepath.Join(s.dir, filepath.FromSlash(dst))).Msg("chunk quarantined")
 	return nil
+}
+
+// PruneQuarantine deletes the files Quarantine set aside before t, by the
+// time in their names (a file set aside during second S goes once S+1 is
+// not after t), and returns how many it deleted and their bytes. Files in
+// QuarantineDir that Quarantine did not name are left alone. A store that
+// never quarantined anything has nothing to prune.
+func (s *LocalStore) PruneQuarantine(ctx context.Context, t time.Time) (int, int64, error) {
+	entries, err := fs.ReadDir(s.root.FS(), QuarantineDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("chunk store %s: prune quarantine: %w", s.dir, err)
+	}
+	n, bytes := 0, int64(0)
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return n, bytes, fmt.Errorf("chunk store %s: prune quarantine: %w", s.dir, err)
+		}
+		at, ok := quarantinedAt(e.Name())
+		if !ok || e.IsDir() || at+1 > t.Unix() {
+			continue
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // pruned meanwhile by someone else
+		}
+		name := QuarantineDir + "/" + e.Name()
+		if err == nil {
+			err = s.root.Remove(name)
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return n, bytes, fmt.Errorf("chunk store %s: prune quarantine: %w", s.dir, err)
+		}
+		if err == nil {
+			n++
+			bytes += info.Size()
+			s.log.Info().Str("path", filepath.Join(s.dir, filepath.FromSlash(name))).Msg("quarantined chunk copy deleted")
+		}
+	}
+	return n, bytes, nil
+}
+
+// quarantinedAt returns the Unix second in a name Quarantine gave
+// ("<chunk id>.<unix>" or "<chunk id>.<unix>.<n>"), and false for any
+// other name.
+func quarantinedAt(name string) (int64, bool) {
+	parts := strings.Split(name, ".")
+	if len(parts) < 2 || len(parts) > 3 {
+		return 0, false
+	}
+	if _, err := chunk.ParseID(parts[0]); err != nil {
+		return 0, false
+	}
+	at, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil || at < 0 {
+		return 0, false
+	}
+	if len(parts) == 3 {
+		if k, err := strconv.Atoi(parts[2]); err != nil || k < 1 {
+			return 0, false
+		}
+	}
+	return at, true
 }
 
 // quarantineName returns a free name in QuarantineDir, relative to the

@@ -195,3 +195,59 @@ func TestLocalQuarantine(t *testing.T) {
 		t.Errorf("reopening removed quarantined files: %d left", len(entries))
 	}
 }
+
+// PruneQuarantine deletes the copies set aside before its time (counted
+// to the second the name records) and leaves younger ones, files an
+// operator put there, and the store's chunks alone.
+func TestLocalPruneQuarantine(t *testing.T) {
+	s := openTestStore(t)
+	ctx := t.Context()
+	if n, b, err := s.PruneQuarantine(ctx, time.Now()); n != 0 || b != 0 || err != nil {
+		t.Fatalf("PruneQuarantine with no quarantine: %d, %d, %v", n, b, err)
+	}
+	bad, good := chunk.NewID(), chunk.NewID()
+	for _, id := range []chunk.ID{bad, good} {
+		if _, err := s.Put(ctx, id, []byte("data of "+id.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Quarantine(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	quarantined := time.Now()
+	dir := filepath.Join(s.Dir(), QuarantineDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("quarantine: %d files, %v", len(entries), err)
+	}
+	info, err := entries[0].Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := filepath.Join(dir, "notes.txt")
+	writeFile(t, notes, []byte("kept by the operator"))
+	stale := filepath.Join(dir, bad.String()+".17000.x")
+	writeFile(t, stale, []byte("not a name Quarantine gives"))
+
+	if n, _, err := s.PruneQuarantine(ctx, quarantined.Add(-time.Hour)); n != 0 || err != nil {
+		t.Fatalf("PruneQuarantine an hour before: %d deleted, %v; want none", n, err)
+	}
+	n, b, err := s.PruneQuarantine(ctx, quarantined.Add(2*time.Second))
+	if err != nil || n != 1 || b != info.Size() {
+		t.Fatalf("PruneQuarantine after: %d files, %d bytes, %v; want 1, %d", n, b, err, info.Size())
+	}
+	left, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range left {
+		names = append(names, e.Name())
+	}
+	if want := []string{filepath.Base(stale), "notes.txt"}; !slices.Equal(names, want) {
+		t.Errorf("quarantine after pruning holds %v, want %v", names, want)
+	}
+	if ids := listAll(t, s); !slices.Equal(ids, []chunk.ID{good}) {
+		t.Errorf("List after pruning = %v, want %s", ids, good)
+	}
+}

@@ -7,7 +7,9 @@
 // (Store.Verify), reading at most Config.Rate bytes per second on average
 // so client I/O keeps the disk. A copy that fails verification is
 // quarantined (Store.Quarantine: moved aside, kept for inspection, no
-// longer listed or served) and reported through the onBad callback. The
+// longer listed or served) and reported through the onBad callback. Each
+// pass first deletes the copies quarantined longer ago than
+// Config.QuarantineKeep, when set. The
 // scrubber does not rebuild anything itself: a quarantined copy is a
 // missing copy, which the repair worker restores from a good copy on
 // another node. A chunk listed but gone when verified was deleted
@@ -50,6 +52,9 @@ type Store interface {
 	// neither lists nor serves it, as if deleted, but keeps the bytes
 	// for inspection. A missing chunk yields chunk.ErrNotFound.
 	Quarantine(ctx context.Context, id chunk.ID) error
+	// PruneQuarantine deletes the copies quarantined before t and
+	// returns how many it deleted and their bytes.
+	PruneQuarantine(ctx context.Context, t time.Time) (files int, bytes int64, err error)
 }
 
 // Config sets the pace of a Scrubber. Zero fields take their defaults
@@ -67,6 +72,10 @@ type Config struct {
 	// that a node starting up first serves and catches up on repairs.
 	// Kick starts a pass earlier. Default 10m.
 	Delay time.Duration
+	// QuarantineKeep is how long quarantined copies are kept for
+	// inspection: each pass starts by deleting older ones. 0 (the
+	// default) keeps them until an operator deletes them.
+	QuarantineKeep time.Duration
 }
 
 // DefaultConfig returns the default pace: a pass a day at 16 MiB/s, the
@@ -99,6 +108,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("scrub config: interval %s: must not be negative", c.Interval)
 	case c.Delay < 0:
 		return fmt.Errorf("scrub config: delay %s: must not be negative", c.Delay)
+	case c.QuarantineKeep < 0:
+		return fmt.Errorf("scrub config: quarantine keep %s: must not be negative", c.QuarantineKeep)
 	}
 	return nil
 }
@@ -125,6 +136,9 @@ type Stats struct {
 	Errors uint64
 	// BytesRead counts the bytes Verify read, headers included.
 	BytesRead uint64
+	// Pruned counts the quarantined copies deleted for being older than
+	// Config.QuarantineKeep.
+	Pruned uint64
 	// LastPassStarted is when the latest pass started, LastPassFinished
 	// when the latest completed pass ended; zero before the first.
 	LastPassStarted, LastPassFinished time.Time
@@ -251,6 +265,7 @@ func (s *Scrubber) pass(ctx context.Context) {
 	case <-s.kick:
 	default:
 	}
+	s.prune(ctx, start)
 	var (
 		before = s.Stats()
 		p      = newPacer(s.cfg.Rate, start)
@@ -296,6 +311,29 @@ func (s *Scrubber) pass(ctx context.Context) {
 		Uint64("errors", after.Errors-before.Errors).
 		Uint64("bytes_read", after.BytesRead-before.BytesRead).
 		Msg("scrub pass ended")
+}
+
+// prune deletes the copies quarantined longer than Config.QuarantineKeep
+// before now (nothing when it is 0). A failure is logged and counted;
+// the pass goes on.
+func (s *Scrubber) prune(ctx context.Context, now time.Time) {
+	if s.cfg.QuarantineKeep <= 0 {
+		return
+	}
+	n, bytes, err := s.store.PruneQuarantine(ctx, now.Add(-s.cfg.QuarantineKeep))
+	s.update(func(st *Stats) {
+		st.Pruned += uint64(n)
+		if err != nil && ctx.Err() == nil {
+			st.Errors++
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn().Err(err).Msg("deleting old quarantined copies")
+	}
+	if n > 0 {
+		s.log.Info().Int("files", n).Int64("bytes", bytes).Dur("keep", s.cfg.QuarantineKeep).
+			Msg("deleted quarantined copies older than scrub.quarantine_keep")
+	}
 }
 
 // check verifies chunk id, quarantines and reports it if it is corrupt,

@@ -223,6 +223,21 @@ type fakeStore struct {
 	mu      sync.Mutex
 	chunks  []*fakeChunk
 	listErr error
+	// PruneQuarantine records its times and deletes pruneN copies of 10
+	// bytes, or fails with pruneErr.
+	pruneAt  []time.Time
+	pruneN   int
+	pruneErr error
+}
+
+func (f *fakeStore) PruneQuarantine(ctx context.Context, t time.Time) (int, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pruneAt = append(f.pruneAt, t)
+	if f.pruneErr != nil {
+		return 0, 0, f.pruneErr
+	}
+	return f.pruneN, int64(f.pruneN) * 10, nil
 }
 
 func (f *fakeStore) add(size int64, verr, qerr error) chunk.ID {
@@ -340,6 +355,41 @@ func TestScrubErrors(t *testing.T) {
 	st2 := s.Stats()
 	if st2.Passes != 1 || st2.Errors != st.Errors+3 || st2.Running || !st2.LastPassFinished.Equal(st.LastPassFinished) {
 		t.Errorf("Stats after a pass whose List failed = %+v (before %+v)", st2, st)
+	}
+}
+
+// Each pass first deletes the copies quarantined longer ago than
+// QuarantineKeep, counts them, and goes on when that fails; with no
+// QuarantineKeep nothing is deleted.
+func TestScrubPrunesQuarantine(t *testing.T) {
+	f := &fakeStore{pruneN: 2}
+	f.add(100, nil, nil)
+	const keep = 48 * time.Hour
+	s := New(Config{Rate: 1 << 40, Delay: time.Hour, QuarantineKeep: keep}, f, nil, testLogger(t))
+	start(t, s)
+	kickAndWait(t, s)
+	st := s.Stats()
+	f.mu.Lock()
+	at := slices.Clone(f.pruneAt)
+	f.pruneErr = errors.New("readdir quarantine: input/output error")
+	f.mu.Unlock()
+	if len(at) != 1 || !at[0].Equal(st.LastPassStarted.Add(-keep)) {
+		t.Fatalf("PruneQuarantine called at %v; want once, at the pass start %v minus %v", at, st.LastPassStarted, keep)
+	}
+	if st.Pruned != 2 || st.Checked != 1 || st.Errors != 0 {
+		t.Errorf("Stats = %+v; want 2 pruned, 1 checked", st)
+	}
+	kickAndWait(t, s)
+	if st2 := s.Stats(); st2.Passes != 2 || st2.Checked != 2 || st2.Errors != 1 || st2.Pruned != 2 {
+		t.Errorf("Stats after a failed prune = %+v; want the pass done and one error", st2)
+	}
+
+	f2 := &fakeStore{pruneN: 2}
+	s2 := New(Config{Rate: 1 << 40, Delay: time.Hour}, f2, nil, testLogger(t))
+	start(t, s2)
+	kickAndWait(t, s2)
+	if len(f2.pruneAt) != 0 || s2.Stats().Pruned != 0 {
+		t.Errorf("without QuarantineKeep: PruneQuarantine called %d times", len(f2.pruneAt))
 	}
 }
 
