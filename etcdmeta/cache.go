@@ -171,22 +171,29 @@ func (c *attrCache) rangeScope(key, end string) string {
 // written at or before it, or an absence when at is the current
 // revision).
 func (c *attrCache) lookup(keys []string, at int64) (es []cacheEntry, rev int64, ok bool) {
+	es, rev, ok = c.find(keys, at)
+	if !ok {
+		c.misses.Add(1)
+	}
+	return es, rev, ok
+}
+
+// find is lookup without counting a miss (a hit counts): for a caller that
+// goes on to read through the cache, which counts the miss then.
+func (c *attrCache) find(keys []string, at int64) (es []cacheEntry, rev int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.pendingAll > 0 || c.distrust || at > c.rev {
-		c.misses.Add(1)
 		return nil, 0, false
 	}
 	es = make([]cacheEntry, len(keys))
 	for i, k := range keys {
 		el, found := c.entries[k]
 		if !found || c.pending[k] > 0 || c.pendingScope[c.scopeOf(k)] > 0 {
-			c.misses.Add(1)
 			return nil, 0, false
 		}
 		e := el.Value.(*cacheEntry)
 		if at != 0 && at != c.rev && (e.val == nil || e.modRev > at) {
-			c.misses.Add(1)
 			return nil, 0, false
 		}
 		c.lru.MoveToFront(el)

@@ -163,14 +163,31 @@ func (t *tx) dirAttr(ctx context.Context, dir meta.Ino) (*meta.Attr, error) {
 // meta.ErrNotFound if it does not exist (callers that hold a handle treat
 // that as stale).
 func (s *Store) GetAttr(ctx context.Context, ino meta.Ino) (meta.Attr, error) {
-	resp, err := s.kv.Get(ctx, s.keys.ino(ino))
+	k := s.keys.ino(ino)
+	if s.cache != nil {
+		// A single node's cache answers without an etcd request built.
+		if es, _, ok := s.cache.find([]string{k}, 0); ok {
+			return attrOf(ino, es[0].val)
+		}
+	}
+	resp, err := s.kv.Get(ctx, k)
 	if err != nil {
 		return meta.Attr{}, etcdErr(fmt.Sprintf("getattr %d", ino), err)
 	}
-	if len(resp.Kvs) == 0 {
+	var val []byte
+	if len(resp.Kvs) > 0 {
+		val = resp.Kvs[0].Value
+	}
+	return attrOf(ino, val)
+}
+
+// attrOf decodes the inode record val of ino for GetAttr; nil: there is
+// none.
+func attrOf(ino meta.Ino, val []byte) (meta.Attr, error) {
+	if val == nil {
 		return meta.Attr{}, fmt.Errorf("getattr %d: %w", ino, meta.ErrNotFound)
 	}
-	a, err := decodeInode(ino, resp.Kvs[0].Value)
+	a, err := decodeInode(ino, val)
 	if err != nil {
 		return meta.Attr{}, fmt.Errorf("getattr %d: %w", ino, err)
 	}

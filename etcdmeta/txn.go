@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -68,9 +70,12 @@ type tx struct {
 	s       *Store
 	attempt int   // 0 for the first attempt of an operation
 	rev     int64 // snapshot revision; 0 until the first read
-	read    map[string]kv
-	cmps    []clientv3.Cmp
-	ops     []clientv3.Op
+	// read holds every key read (or assumed absent); commit makes the
+	// transaction conditional on each still having the mod revision
+	// read. A read-only attempt builds no conditions.
+	read map[string]kv
+	cmps []clientv3.Cmp // conditions beyond read's (new inodes' absence)
+	ops  []clientv3.Op
 
 	inodes map[meta.Ino]*inodeState
 	order  []meta.Ino // inodes in load order, for deterministic commits
@@ -121,21 +126,37 @@ func (s *Store) run(ctx context.Context, op string, attempt func(t *tx) error) e
 // load reads the keys not read yet, all in one round trip at the snapshot
 // revision (the first load picks it), and records compares for them.
 func (t *tx) load(ctx context.Context, keys ...string) error {
-	var ops []clientv3.Op
 	var want []string
 	for _, k := range keys {
-		if _, ok := t.read[k]; ok {
-			continue
+		if _, ok := t.read[k]; !ok {
+			want = append(want, k)
 		}
-		want = append(want, k)
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	if t.s.cache != nil {
+		// Straight from a single node's cache when it holds them all,
+		// current (first read) or as they were at the snapshot: what
+		// the read sent to etcd through the cache would answer, without
+		// building it.
+		if es, rev, ok := t.s.cache.find(want, t.rev); ok {
+			if t.rev == 0 {
+				t.rev = rev
+			}
+			for i, e := range es {
+				t.read[want[i]] = kv{val: e.val, modRev: e.modRev}
+			}
+			return nil
+		}
+	}
+	ops := make([]clientv3.Op, 0, len(want))
+	for _, k := range want {
 		if t.rev == 0 {
 			ops = append(ops, clientv3.OpGet(k))
 		} else {
 			ops = append(ops, clientv3.OpGet(k, clientv3.WithRev(t.rev), clientv3.WithSerializable()))
 		}
-	}
-	if len(ops) == 0 {
-		return nil
 	}
 	resp, err := t.s.kv.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
@@ -151,7 +172,6 @@ func (t *tx) load(ctx context.Context, keys ...string) error {
 			v = kv{val: kvs[0].Value, modRev: kvs[0].ModRevision}
 		}
 		t.read[k] = v
-		t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(k), "=", v.modRev))
 	}
 	return nil
 }
@@ -170,7 +190,6 @@ func (t *tx) assumeAbsent(key string) {
 		return
 	}
 	t.read[key] = kv{}
-	t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(key), "=", 0))
 }
 
 func (t *tx) readErr(err error) error {
@@ -368,7 +387,11 @@ func (t *tx) commit(ctx context.Context) (bool, error) {
 	if len(ops) == 0 {
 		return true, nil
 	}
-	resp, err := t.s.kv.Txn(ctx).If(t.cmps...).Then(ops...).Commit()
+	cmps := slices.Clip(t.cmps)
+	for _, k := range slices.Sorted(maps.Keys(t.read)) {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", t.read[k].modRev))
+	}
+	resp, err := t.s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return false, err
 	}
