@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash"
+	"sync"
 
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
 )
@@ -36,19 +38,28 @@ type Handle struct {
 // handleCodec encodes and verifies handles with one secret key.
 type handleCodec struct {
 	key []byte
+	// macs holds HMAC-SHA256 states keyed with key, for reuse: every
+	// call and reply carries handles, and a new one costs more than the
+	// MAC.
+	macs sync.Pool
 }
 
 func newHandleCodec(secret []byte) (*handleCodec, error) {
 	if len(secret) < 16 {
 		return nil, fmt.Errorf("handle secret: %d bytes, need at least 16", len(secret))
 	}
-	return &handleCodec{key: append([]byte(nil), secret...)}, nil
+	c := &handleCodec{key: append([]byte(nil), secret...)}
+	c.macs.New = func() any { return hmac.New(sha256.New, c.key) }
+	return c, nil
 }
 
 func (c *handleCodec) mac(body []byte) []byte {
-	m := hmac.New(sha256.New, c.key)
+	m := c.macs.Get().(hash.Hash)
+	m.Reset()
 	m.Write(body)
-	return m.Sum(nil)[:handleMACLen]
+	sum := m.Sum(make([]byte, 0, sha256.Size))
+	c.macs.Put(m)
+	return sum[:handleMACLen]
 }
 
 // Encode returns the wire form of h.
