@@ -124,7 +124,8 @@ func (s *Store) run(ctx context.Context, op string, attempt func(t *tx) error) e
 }
 
 // load reads the keys not read yet, all in one round trip at the snapshot
-// revision (the first load picks it), and records compares for them.
+// revision (the first load picks it), and records them in t.read (on
+// which commit conditions a write).
 func (t *tx) load(ctx context.Context, keys ...string) error {
 	var want []string
 	for _, k := range keys {
