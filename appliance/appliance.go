@@ -349,7 +349,7 @@ func (n *Node) commitOld(ctx context.Context, age time.Duration) {
 				n.log.Warn().Err(err).Dur("age", age).Msg("write-back: committing writes no client committed")
 			}
 			if k > 0 {
-				n.log.Debug().Int("files", k).Dur("age", age).Msg("write-back: committed writes no client committed")
+				n.log.Info().Int("files", k).Dur("age", age).Msg("write-back: committed writes no client committed")
 			}
 		}
 	}

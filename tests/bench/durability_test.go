@@ -122,17 +122,20 @@ func TestUnstableWritesCommittedByAge(t *testing.T) {
 	if !c.hasVerf {
 		t.Fatal("UNSTABLE WRITE was answered stable: write-back is off")
 	}
-	// No COMMIT: the node stores the data by itself (its chunk file
-	// appears) once it is older than the age.
-	chunks := filepath.Join(p.DataDir, "chunks")
+	// No COMMIT: the node commits the data by itself once it is older
+	// than the age, and says so once the commit is done (its chunk file
+	// appears before that, with the chunk map not yet committed).
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for chunkFiles(t, chunks) == 0 {
+	for !strings.Contains(p.Output(), "committed writes no client committed") {
 		select {
 		case <-ctx.Done():
-			t.Fatal("the uncommitted write was never stored")
+			t.Fatalf("the uncommitted write was never committed\n%s", p.Output())
 		case <-tick.C:
 		}
+	}
+	if chunkFiles(t, filepath.Join(p.DataDir, "chunks")) == 0 {
+		t.Fatal("the node says it committed the write, but it stored no chunk")
 	}
 	p.Kill9()
 	_ = c.close()
