@@ -2,6 +2,11 @@
 // node of a 3-node Wormhole cluster, once per redundancy (copies) value,
 // with the client of package tests/bench.
 //
+// First (unless --single=false) it measures a single node the same way:
+// one `wormhole serve` on a fresh data dir that never joined a cluster,
+// as a newcomer runs it, so that each cluster figure can be shown as a
+// ratio of the single node's, measured in the same run on the same disk.
+//
 // For each --copies value it starts a fresh cluster of the binary given
 // with --wormhole in a new temporary directory: three nodes on loopback
 // addresses of this machine (127.0.0.51-53, or the next free triple of
@@ -87,6 +92,7 @@ func main() {
 	size := flag.String("size", "256MiB", "large file size")
 	copies := flag.String("copies", "1,2,3", "redundancy values to measure, comma-separated (1 to 3)")
 	flag.IntVar(&c.rounds, "rounds", 1, "runs per redundancy value, on the same cluster; the best is reported")
+	flag.BoolVar(&c.single, "single", true, "first measure a single node the same way, and show each cluster's figures as a ratio of its")
 	flag.StringVar(&c.workDir, "workdir", os.TempDir(), "parent of the temporary directories holding all data")
 	repairMode := flag.Bool("repair", false, "measure repair after losing a node and rebalancing onto a new one instead (4 nodes, copies 2)")
 	lose := flag.String("lose", "1GiB", "with --repair: chunk bytes the killed node holds")
@@ -115,6 +121,7 @@ type config struct {
 	copies      []int
 	rounds      int
 	workDir     string
+	single      bool // also measure a single node, as the reference
 }
 
 func (c *config) parse(size, copies string) error {
@@ -154,6 +161,13 @@ func run(ctx context.Context, c config) error {
 	}
 	printHeader(whBin, c)
 	var results []result
+	if c.single {
+		r, err := measure(ctx, c, whBin, 0)
+		if err != nil {
+			return fmt.Errorf("single node: %w", err)
+		}
+		results = append(results, r)
+	}
 	for _, n := range c.copies {
 		r, err := measure(ctx, c, whBin, n)
 		if err != nil {
@@ -165,12 +179,16 @@ func run(ctx context.Context, c config) error {
 	return nil
 }
 
-// measure starts a fresh cluster with the given redundancy, runs the
-// rounds against its first node and stops it; deferred calls undo every
-// step taken.
+// measure starts a fresh cluster with the given redundancy (or, for
+// copies 0, a single node), runs the rounds against its first node and
+// stops it; deferred calls undo every step taken.
 func measure(ctx context.Context, c config, whBin string, copies int) (res result, err error) {
 	res.copies = copies
-	ips, err := freeAddrs(nodes)
+	name, n := fmt.Sprintf("copies=%d", copies), nodes
+	if copies == 0 {
+		name, n = "single", 1
+	}
+	ips, err := freeAddrs(n)
 	if err != nil {
 		return res, err
 	}
@@ -183,11 +201,16 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 			err = rerr
 		}
 	}()
-	progress("copies=%d: cluster on %s, data in %s", copies, strings.Join(ips, ", "), tmp)
+	progress("%s: node(s) on %s, data in %s", name, strings.Join(ips, ", "), tmp)
 
 	procs := &children{}
 	defer procs.stopAll()
-	cl, err := startCluster(ctx, procs, whBin, tmp, ips, copies, "")
+	var cl *testCluster
+	if copies == 0 {
+		cl, err = startSingle(ctx, procs, whBin, tmp, ips[0])
+	} else {
+		cl, err = startCluster(ctx, procs, whBin, tmp, ips, copies, "")
+	}
 	if err != nil {
 		return res, err
 	}
@@ -201,7 +224,9 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 		}
 	}()
 
-	progress("copies=%d: nodes (state/etcd) as n1 sees them: %s", copies, roles(ctx, whBin, cl.confs[0]))
+	if copies > 0 {
+		progress("%s: nodes (state/etcd) as n1 sees them: %s", name, roles(ctx, whBin, cl.confs[0]))
+	}
 	for round := 1; round <= c.rounds; round++ {
 		before, err := cl.chunkBytes()
 		if err != nil {
@@ -217,7 +242,7 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 			// The files stay until the cluster goes, so the chunk count
 			// below includes them.
 			Keep:     true,
-			Progress: &prefixWriter{w: os.Stderr, prefix: fmt.Sprintf("[copies=%d %d/%d] ", copies, round, c.rounds)},
+			Progress: &prefixWriter{w: os.Stderr, prefix: fmt.Sprintf("[%s %d/%d] ", name, round, c.rounds)},
 		})
 		if err != nil {
 			return res, fmt.Errorf("round %d: %w", round, err)
@@ -232,13 +257,14 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 		}
 		res.runs = append(res.runs, r)
 		res.chunks = append(res.chunks, added)
-		progress("copies=%d round %d: chunk files grew by %s (n1 %s, n2 %s, n3 %s)", copies, round,
-			mib(sum(added)), mib(added[0]), mib(added[1]), mib(added[2]))
+		progress("%s round %d: chunk files grew by %s", name, round, perNodeTotal(added))
 	}
-	progress("copies=%d: nodes (state/etcd) as n1 sees them: %s", copies, roles(ctx, whBin, cl.confs[0]))
+	if copies > 0 {
+		progress("%s: nodes (state/etcd) as n1 sees them: %s", name, roles(ctx, whBin, cl.confs[0]))
+	}
 	for _, p := range procs.list {
 		if lines := p.log.lines(); lines > 0 {
-			progress("copies=%d: %s logged %d line(s) at warn or above; last ones:\n%s", copies, p.name, lines, lastLines(p.log.String(), 5))
+			progress("%s: %s logged %d line(s) at warn or above; last ones:\n%s", name, p.name, lines, lastLines(p.log.String(), 5))
 		}
 	}
 	return res, nil
@@ -329,6 +355,17 @@ func startCluster(ctx context.Context, procs *children, whBin, tmp string, ips [
 		}
 	}
 	return cl, waitMembers(ctx, procs, whBin, cl.confs, len(cl.confs), 90*time.Second)
+}
+
+// startSingle starts one node on ip that was never made part of a
+// cluster: a single node on its embedded etcd, as `wormhole serve` runs
+// on a fresh machine, with redundancy 1 (one copy, on its own disk).
+func startSingle(ctx context.Context, procs *children, whBin, tmp, ip string) (*testCluster, error) {
+	cl := &testCluster{whBin: whBin, tmp: tmp, copies: 1}
+	if err := cl.configure(ip); err != nil {
+		return cl, err
+	}
+	return cl, cl.start(ctx, procs, 0)
 }
 
 // configure writes the configuration of a new node on ip, numbered after
@@ -614,6 +651,9 @@ func portsFree(ip string) error {
 
 func printHeader(whBin string, c config) {
 	fmt.Printf("%s\n", machineFacts(whBin, c.workDir))
+	if c.single {
+		fmt.Printf("A single node, then a 3-node cluster per redundancy value, on this machine (loopback addresses).\n")
+	}
 	fmt.Printf("3-node cluster on this machine (loopback addresses): all nodes share its CPUs and one disk, so every copy\n")
 	fmt.Printf("lands on the same disk; the figures are a lower bound for real clusters (whose network is slower than loopback).\n")
 	fmt.Printf("client: tests/bench against n1, 1 stream, FILE_SYNC writes in 1 MiB requests, file of %s; %d round(s) per value, best shown\n\n",
@@ -651,27 +691,57 @@ func machineFacts(whBin, workDir string) string {
 	return fmt.Sprintf("wormhole %s; %d CPUs (%s); %s RAM; data under %s (statfs type %s)", ver, runtime.NumCPU(), cpu, mem, workDir, fsType)
 }
 
-// table renders the best round of each redundancy value, the chunk bytes
-// that round added and FIGURE lines.
+// table renders the best round of each measurement, the chunk bytes that
+// round added, the ratios to the single node when it was measured, and
+// FIGURE lines.
 func table(results []result, c config) string {
 	var b, figs strings.Builder
-	fmt.Fprintf(&b, "%-6s %15s %11s %14s %10s   %-42s %s\n", "copies", "seq-write MB/s", "write s", "seq-read MB/s", "read s",
-		"chunk files added: n1 / n2 / n3 = total", "total/size")
+	var single *result
+	if len(results) > 0 && results[0].copies == 0 {
+		single = &results[0]
+	}
+	fmt.Fprintf(&b, "%-7s %15s %8s %14s %8s %11s   %-42s %s\n", "copies", "seq-write MB/s", "write s", "seq-read MB/s", "read s",
+		"vs single", "chunk files added: n1 / n2 / n3 = total", "total/size")
 	for _, r := range results {
 		w, wi := bestRun(r.runs, bench.SeqWrite)
 		rd, _ := bestRun(r.runs, bench.SeqRead)
 		ch := r.chunks[wi]
-		fmt.Fprintf(&b, "%-6d %15s %11.2f %14s %10.2f   %-42s %.2fx\n", r.copies, bench.FormatValue(w.Value), w.Seconds,
-			bench.FormatValue(rd.Value), rd.Seconds,
-			fmt.Sprintf("%s / %s / %s = %s", mib(ch[0]), mib(ch[1]), mib(ch[2]), mib(sum(ch))),
-			float64(sum(ch))/float64(c.size))
-		fmt.Fprintf(&figs, "FIGURE cluster copies=%d seq-write %s MB/s (%.2f s)\n", r.copies, bench.FormatValue(w.Value), w.Seconds)
-		fmt.Fprintf(&figs, "FIGURE cluster copies=%d seq-read %s MB/s (%.2f s)\n", r.copies, bench.FormatValue(rd.Value), rd.Seconds)
-		fmt.Fprintf(&figs, "FIGURE cluster copies=%d chunk-bytes %d (%.2f x size)\n", r.copies, sum(ch), float64(sum(ch))/float64(c.size))
+		label, vs, key := strconv.Itoa(r.copies), "", fmt.Sprintf("copies=%d", r.copies)
+		if r.copies == 0 {
+			label, key = "single", "single"
+		} else if single != nil {
+			sw, _ := bestRun(single.runs, bench.SeqWrite)
+			sr, _ := bestRun(single.runs, bench.SeqRead)
+			vs = fmt.Sprintf("%.2fx %.2fx", ratio(w.Value, sw.Value), ratio(rd.Value, sr.Value))
+			fmt.Fprintf(&figs, "FIGURE cluster %s seq-write-vs-single %.2fx\n", key, ratio(w.Value, sw.Value))
+		}
+		fmt.Fprintf(&b, "%-7s %15s %8.2f %14s %8.2f %11s   %-42s %.2fx\n", label, bench.FormatValue(w.Value), w.Seconds,
+			bench.FormatValue(rd.Value), rd.Seconds, vs, perNodeTotal(ch), float64(sum(ch))/float64(c.size))
+		fmt.Fprintf(&figs, "FIGURE cluster %s seq-write %s MB/s (%.2f s)\n", key, bench.FormatValue(w.Value), w.Seconds)
+		fmt.Fprintf(&figs, "FIGURE cluster %s seq-read %s MB/s (%.2f s)\n", key, bench.FormatValue(rd.Value), rd.Seconds)
+		fmt.Fprintf(&figs, "FIGURE cluster %s chunk-bytes %d (%.2f x size)\n", key, sum(ch), float64(sum(ch))/float64(c.size))
 	}
-	fmt.Fprintf(&b, "\nMB/s is 10^6 bytes/s. Chunk files added: bytes of files under each node's data_dir/chunks that the round\n")
-	fmt.Fprintf(&b, "added (the large file plus the one-operation small workloads), for the round with the best write.\n\n")
+	fmt.Fprintf(&b, "\nMB/s is 10^6 bytes/s. single: one node that never joined a cluster (embedded etcd, redundancy 1), measured\n")
+	fmt.Fprintf(&b, "the same way on the same disk; vs single: the cluster's best write and read over the single node's best.\n")
+	fmt.Fprintf(&b, "Chunk files added: bytes of files under each node's data_dir/chunks that the round added (the large\n")
+	fmt.Fprintf(&b, "file plus the one-operation small workloads), for the round with the best write.\n\n")
 	return b.String() + figs.String()
+}
+
+// ratio is a / b, or 0 when b is.
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// perNodeTotal renders chunk bytes per node and, for several, their sum.
+func perNodeTotal(ch []int64) string {
+	if len(ch) == 1 {
+		return mib(ch[0])
+	}
+	return perNode(ch) + " = " + mib(sum(ch))
 }
 
 // bestRun returns the highest figure of workload w over the runs and the
