@@ -452,17 +452,23 @@ func (c *attrCache) valuesOf(w *writes, ops []clientv3.Op) {
 // pointGet says whether op is a plain linearizable read of one cacheable
 // key, the only reads the cache answers.
 func (c *attrCache) pointGet(op clientv3.Op) bool {
-	return op.IsGet() && len(op.RangeBytes()) == 0 && op.Rev() == 0 && !op.IsSerializable() &&
-		!op.IsCountOnly() && !op.IsKeysOnly() && c.cacheable(string(op.KeyBytes()))
+	return plainGet(op) && op.Rev() == 0 && !op.IsSerializable() && c.cacheable(string(op.KeyBytes()))
 }
 
 // pinnedGet says whether op is a read of one cacheable key at a past
 // revision (serializable: a revision read needs no quorum), which the
 // cache answers when its entry was already current then.
 func (c *attrCache) pinnedGet(op clientv3.Op) bool {
-	return op.IsGet() && len(op.RangeBytes()) == 0 && op.Rev() > 0 && op.IsSerializable() &&
-		!op.IsCountOnly() && !op.IsKeysOnly() && op.MinModRev() == 0 && op.MaxModRev() == 0 &&
-		op.MinCreateRev() == 0 && op.MaxCreateRev() == 0 && c.cacheable(string(op.KeyBytes()))
+	return plainGet(op) && op.Rev() > 0 && op.IsSerializable() && c.cacheable(string(op.KeyBytes()))
+}
+
+// plainGet reports whether op reads one key whole, with at most a
+// revision and a consistency level: no range, filter or projection.
+// Such a read is answered by the key's value alone (a cache entry), and
+// OpGet with the key and those two options rebuilds it exactly.
+func plainGet(op clientv3.Op) bool {
+	return op.IsGet() && len(op.RangeBytes()) == 0 && !op.IsCountOnly() && !op.IsKeysOnly() &&
+		op.MinModRev() == 0 && op.MaxModRev() == 0 && op.MinCreateRev() == 0 && op.MaxCreateRev() == 0
 }
 
 func isCompacted(err error) bool {

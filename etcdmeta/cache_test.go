@@ -311,6 +311,11 @@ func TestCacheConditionalWritesAndPastRevisions(t *testing.T) {
 	if v := get(clientv3.WithRev(rev3), clientv3.WithSerializable()); v != "v3" {
 		t.Fatalf("at revision %d: %q, want v3", rev3, v)
 	}
+	// A filtered read is etcd's to answer, though the cache holds the
+	// key: v3 was not written after rev3, so nothing matches.
+	if v := get(clientv3.WithMinModRev(rev3 + 1)); v != "<absent>" {
+		t.Fatalf("read of versions after revision %d: %q, want nothing", rev3, v)
+	}
 	if _, err := s.kv.Delete(ctx, k); err != nil {
 		t.Fatal(err)
 	}

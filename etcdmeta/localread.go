@@ -79,9 +79,7 @@ func (t *localReadTxn) Commit() (*clientv3.TxnResponse, error) {
 // the key alone rebuilds exactly.
 func allPointReads(ops []clientv3.Op) bool {
 	for _, op := range ops {
-		if !op.IsGet() || len(op.RangeBytes()) != 0 || op.Rev() != 0 || op.IsSerializable() ||
-			op.IsCountOnly() || op.IsKeysOnly() || op.MinModRev() != 0 || op.MaxModRev() != 0 ||
-			op.MinCreateRev() != 0 || op.MaxCreateRev() != 0 {
+		if !plainGet(op) || op.Rev() != 0 || op.IsSerializable() {
 			return false
 		}
 	}
