@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	nfsc "github.com/willscott/go-nfs-client/nfs"
 
 	"github.com/wormhole-fs/wormhole/appliance"
 	"github.com/wormhole-fs/wormhole/cluster/pki"
@@ -324,5 +325,141 @@ func TestExternalEtcd(t *testing.T) {
 	resp, err := ext.Client().Get(ctx, "/wh/apptest/cluster/nodes/n2")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Errorf("n2 not recorded in the external etcd: %v", err)
+	}
+}
+
+// start starts a node from cfg and returns a function that stops it (also
+// called when the test ends, if not before).
+func start(t *testing.T, cfg appliance.Config) (*appliance.Node, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	n, err := appliance.Start(ctx, cfg, testLogger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", cfg.DataDir, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve %s: %v", cfg.DataDir, err)
+		}
+		n.Close()
+	}
+	t.Cleanup(stop)
+	return n, stop
+}
+
+// readAll reads the file p through v.
+func readAll(t *testing.T, v interface {
+	Open(string) (*nfsc.File, error)
+}, p string) []byte {
+	t.Helper()
+	f, err := v.Open(p)
+	if err != nil {
+		t.Fatalf("open %s: %v", p, err)
+	}
+	defer f.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(f); err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	return b.Bytes()
+}
+
+// TestSingleNodeBecomesCluster: init on a stopped single node's data dir
+// makes it the first node of a cluster with its files, a client's file
+// handle from before still works, and a node that joins receives the
+// copies the redundancy asks for. Init refuses while the single node runs
+// and with a cluster_id other than its namespace, leaving it as it was.
+func TestSingleNodeBecomesCluster(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	c1.Repair.Interval, c2.Repair.Interval = time.Second, time.Second
+	data := make([]byte, 2<<20+7)
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+
+	single, stop := start(t, c1)
+	v, closeV, err := testnode.Mount(single.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := v.OpenFile("/f.bin", 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testnode.WriteFile(f, data); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, fh, err := v.Lookup("/f.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := appliance.Init(ctx, c1, time.Hour, testLogger(t)); err == nil || !strings.Contains(err.Error(), "single node is running") {
+		t.Errorf("init while the single node runs: %v", err)
+	}
+	if got := readAll(t, v, "/f.bin"); !bytes.Equal(got, data) {
+		t.Fatal("the single node's file changed after a refused init")
+	}
+	closeV()
+	stop()
+
+	other := c1
+	other.ClusterID = "other"
+	if _, err := appliance.Init(ctx, other, time.Hour, testLogger(t)); err == nil || !strings.Contains(err.Error(), `namespace "apptest"`) {
+		t.Errorf("init with another cluster_id: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(c1.DataDir, "cluster")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused init left cluster state behind (%v)", err)
+	}
+
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1 := serve(t, c1)
+	v1, close1, err := testnode.Mount(n1.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close1()
+	if got := readAll(t, v1, "/f.bin"); !bytes.Equal(got, data) {
+		t.Fatalf("after init, /f.bin reads %d bytes that differ from the %d the single node held", len(got), len(data))
+	}
+	if a, err := v1.GetAttr(fh); err != nil || a.Filesize != uint64(len(data)) {
+		t.Errorf("the single node's file handle after init: %+v, %v", a, err)
+	}
+
+	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	n2 := serve(t, c2)
+	waitStatus(t, n1, "two nodes alive", func(s appliance.Status) bool { return alive(s) == 2 })
+	st := waitStatus(t, n1, "the single node's 3 chunks on both nodes", func(s appliance.Status) bool {
+		c := s.Chunks
+		return c != nil && c.Chunks == 3 && c.On == 3 && c.Below == 0 && c.Error == ""
+	})
+	t.Logf("census after the join: %+v", st.Chunks)
+	if sz := dirSize(t, filepath.Join(c2.DataDir, "chunks")); sz < int64(len(data)) {
+		t.Errorf("n2 holds %d bytes of chunks, want at least %d", sz, len(data))
+	}
+	v2, close2, err := testnode.Mount(n2.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close2()
+	if got := readAll(t, v2, "/f.bin"); !bytes.Equal(got, data) {
+		t.Fatal("/f.bin read through the joined node differs")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/wormhole-fs/wormhole/cluster/join"
 	"github.com/wormhole-fs/wormhole/cluster/pki"
@@ -23,8 +24,10 @@ import (
 
 // `wormhole init` and `wormhole join` prepare a data directory for a node
 // of a cluster; `wormhole serve` then runs it. Both refuse a data
-// directory that already holds data, and on failure remove what they
-// wrote, so a directory is either untouched or ready.
+// directory that belongs to a cluster, join also one that holds a single
+// node's data (init makes such a node the first of the cluster), and on
+// failure they remove what they wrote, so a directory is either as it was
+// or ready.
 
 // nodeID is the configured node id, or one made from the host name.
 func nodeID(cfg Config) (string, error) {
@@ -42,23 +45,38 @@ func nodeID(cfg Config) (string, error) {
 	return id, nil
 }
 
-// freshDataDir prepares dataDir and makes sure it holds no node yet.
+// freshDataDir prepares dataDir for a joining node and makes sure it holds
+// no node yet.
 func freshDataDir(dir string) (string, error) {
-	abs, err := prepareDataDir(dir)
+	abs, single, err := initDataDir(dir)
 	if err != nil {
 		return "", err
 	}
+	if single != "" {
+		return "", fmt.Errorf("data dir %s already holds a single node's data (%s/): a joining node starts from an empty data directory (to grow a cluster from this single node, run `wormhole init` on it and join the other machines to it)", abs, single)
+	}
+	return abs, nil
+}
+
+// initDataDir prepares dataDir for init or join and makes sure it belongs
+// to no cluster yet. single names a subdirectory holding a single node's
+// data ("etcd" or "chunks"), empty when there is none.
+func initDataDir(dir string) (abs, single string, err error) {
+	abs, err = prepareDataDir(dir)
+	if err != nil {
+		return "", "", err
+	}
 	if st, ok, err := loadState(abs); err != nil {
-		return "", err
+		return "", "", err
 	} else if ok {
-		return "", fmt.Errorf("data dir %s already belongs to node %s of cluster %s: start it with `wormhole serve`, or empty the directory to begin anew", abs, st.NodeID, st.ClusterID)
+		return "", "", fmt.Errorf("data dir %s already belongs to node %s of cluster %s: start it with `wormhole serve`, or empty the directory to begin anew", abs, st.NodeID, st.ClusterID)
 	}
 	for _, sub := range []string{"etcd", "chunks"} {
 		if entries, err := os.ReadDir(filepath.Join(abs, sub)); err == nil && len(entries) > 0 {
-			return "", fmt.Errorf("data dir %s already holds a single node's data (%s/): a cluster starts from an empty data directory (turning a single node into a cluster is not supported yet)", abs, sub)
+			return abs, sub, nil
 		}
 	}
-	return abs, nil
+	return abs, "", nil
 }
 
 // certHosts are the addresses a node certificate names. etcd checks a
@@ -85,10 +103,20 @@ func undo(dataDir string) {
 // node's certificate, the cluster secret, the etcd member (or the records
 // in the external etcd) and the namespace's root. It returns a join token
 // for the next nodes, valid for tokenTTL.
+//
+// A data directory that holds a single node (stopped) becomes the first
+// node with everything it holds: its etcd becomes the cluster's first
+// member (now advertising node.advertise, over TLS), its handle key the
+// cluster secret (so clients' file handles stay valid), and its chunks
+// the cluster's, copied to the nodes that join as the redundancy asks.
+// A failed init leaves such a directory the single node it was.
 func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.Logger) (_ pki.Token, err error) {
-	dataDir, err := freshDataDir(cfg.DataDir)
+	dataDir, single, err := initDataDir(cfg.DataDir)
 	if err != nil {
 		return pki.Token{}, err
+	}
+	if single != "" && len(cfg.Etcd.Endpoints) > 0 {
+		return pki.Token{}, fmt.Errorf("data dir %s holds a single node whose files are in its own etcd (%s/): it can become the first node of a cluster that runs its own etcd, not of one on an external etcd; remove etcd.endpoints, or start from an empty data directory", dataDir, "etcd")
 	}
 	if err := checkAdvertise(cfg.Node.Advertise); err != nil {
 		return pki.Token{}, err
@@ -98,7 +126,12 @@ func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.L
 		return pki.Token{}, err
 	}
 	defer func() {
-		if err != nil {
+		switch {
+		case err == nil:
+		case single != "":
+			// The single node's data stays; only the cluster's files go.
+			os.RemoveAll(clusterDir(dataDir))
+		default:
 			undo(dataDir)
 		}
 	}()
@@ -115,9 +148,17 @@ func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.L
 	if err != nil {
 		return pki.Token{}, fmt.Errorf("node certificate: %w", err)
 	}
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		return pki.Token{}, err
+	var secret []byte
+	if single != "" {
+		// The handle key clients' file handles are signed with.
+		if secret, err = loadSecret(secretPath(dataDir)); err != nil {
+			return pki.Token{}, err
+		}
+	} else {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return pki.Token{}, err
+		}
 	}
 	if err := writeIdentity(dataDir, certPEM, keyPEM, ca.CertPEM(), secret); err != nil {
 		return pki.Token{}, err
@@ -136,7 +177,15 @@ func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.L
 	}
 	cli, err := n.startClusterEtcd(ctx, dataDir)
 	if err != nil {
+		if single != "" && errors.Is(err, etcdmeta.ErrDirLocked) {
+			return pki.Token{}, fmt.Errorf("data dir %s: the single node is running: stop it (systemctl stop wormhole), then run init again: %w", dataDir, err)
+		}
 		return pki.Token{}, err
+	}
+	if single != "" {
+		if err := n.adoptSingle(ctx, cli); err != nil {
+			return pki.Token{}, fmt.Errorf("make the single node in %s a cluster: %w", dataDir, err)
+		}
 	}
 	ns, err := etcdmeta.New(ctx, cli, cfg.ClusterID, log.With().Str("component", "meta").Logger())
 	if err != nil {
@@ -166,6 +215,20 @@ func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.L
 	}
 	log.Info().Str("cluster", cfg.ClusterID).Str("node", id).Str("data_dir", dataDir).Msg("cluster created")
 	return tok, nil
+}
+
+// adoptSingle readies a single node's etcd, just started as the cluster's
+// first member, for the cluster: the files must be in the namespace the
+// configuration names, and the member must advertise the peer URL other
+// members will dial (a single node's advertises port 0).
+func (n *Node) adoptSingle(ctx context.Context, cli *clientv3.Client) error {
+	cfg := n.cfg
+	if got, ok, err := etcdmeta.FirstNamespace(ctx, cli); err != nil {
+		return err
+	} else if ok && got != cfg.ClusterID {
+		return fmt.Errorf("its files are in namespace %q but cluster_id is %q: set cluster_id: %s in the configuration (the namespace cannot be renamed)", got, cfg.ClusterID, got)
+	}
+	return etcdmeta.SetPeerURL(ctx, cli, n.etcd.ID(), "https://"+hostPort(n.cl.adv, cfg.Etcd.PeerPort))
 }
 
 // Join asks the node at seed (host:port of its join port) to admit this

@@ -352,6 +352,10 @@ func etcdConfig(cfg EmbedConfig, dataDir string, log zerolog.Logger, closing *at
 	return ec, nil
 }
 
+// ErrDirLocked is returned by StartEmbedded when another process (a
+// running node) has its data directory.
+var ErrDirLocked = errors.New("etcd data directory in use")
+
 // lockDir takes an exclusive, non-blocking flock on dir/lock. etcd's bbolt
 // backend would otherwise block forever on a directory in use.
 func lockDir(dir string) (*os.File, error) {
@@ -363,7 +367,7 @@ func lockDir(dir string) (*os.File, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("embedded etcd: data dir %s is in use by another etcd (locked): %w", dir, err)
+			return nil, fmt.Errorf("embedded etcd: data dir %s is in use by another etcd (locked): %w: %w", dir, ErrDirLocked, err)
 		}
 		return nil, fmt.Errorf("embedded etcd: lock data dir %s: %w", dir, err)
 	}

@@ -334,6 +334,19 @@ func RemoveMember(ctx context.Context, cli *clientv3.Client, memberID uint64) er
 	return nil
 }
 
+// SetPeerURL makes memberID advertise peerURL to the other members (etcd's
+// member update). A single node's member advertises a loopback URL with
+// port 0; it must advertise a real one before a cluster can grow from it.
+func SetPeerURL(ctx context.Context, cli *clientv3.Client, memberID uint64, peerURL string) error {
+	if err := checkPeerURL(peerURL); err != nil {
+		return fmt.Errorf("update etcd member %x: %w", memberID, err)
+	}
+	if _, err := cli.MemberUpdate(ctx, memberID, []string{peerURL}); err != nil {
+		return fmt.Errorf("update etcd member %x to peer URL %s: %w", memberID, peerURL, err)
+	}
+	return nil
+}
+
 // checkPeerURL reports whether u is a peer URL other members can dial.
 func checkPeerURL(u string) error {
 	pu, err := url.Parse(u)

@@ -30,7 +30,10 @@ type keys struct {
 	prefix string // "/wh/<clusterID>/"
 }
 
-func newKeys(clusterID string) keys { return keys{prefix: "/wh/" + clusterID + "/"} }
+func newKeys(clusterID string) keys { return keys{prefix: nsRoot + clusterID + "/"} }
+
+// nsRoot is the prefix of every namespace's keys.
+const nsRoot = "/wh/"
 
 func hex16(v uint64) string {
 	const digits = "0000000000000000"

@@ -55,7 +55,12 @@ func newInitCmd() *cobra.Command {
 		Short: "Make this machine the first node of a new cluster, and print a join token",
 		Long: `Create a cluster in an empty data directory: its certificate authority, this
 node's certificate, the cluster secret and the first etcd member. Then start
-the node with 'wormhole serve' and add machines with 'wormhole join'.`,
+the node with 'wormhole serve' and add machines with 'wormhole join'.
+
+Run on the data directory of a single node (stopped first), init makes that
+node the cluster's first, with all its files: clients' mounts and file
+handles stay valid, and the nodes that join receive copies of its chunks as
+the redundancy asks. Keep the single node's cluster_id (default "default").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.load()
