@@ -246,12 +246,24 @@ var errNoLiveCopy = errors.New("no live copy of this data: the nodes that hold i
 // it is an I/O error, never a wait without end nor wrong bytes.
 func (d dataPath) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error) {
 	n, err := d.Files.ReadAt(ctx, ino, size, p, off)
+	return n, d.readErr(ino, err)
+}
+
+// ReadView lends file bytes in place (Files.ReadView), its errors seen as
+// ReadAt's are.
+func (d dataPath) ReadView(ctx context.Context, ino meta.Ino, size uint64, off int64, n int) ([]byte, func(), bool, error) {
+	data, release, ok, err := d.Files.ReadView(ctx, ino, size, off, n)
+	return data, release, ok, d.readErr(ino, err)
+}
+
+// readErr is the error a read of ino gives the front for err.
+func (d dataPath) readErr(ino meta.Ino, err error) error {
 	if err != nil && d.gate != nil && errors.Is(err, chunk.ErrUnavailable) {
 		if a := d.gate.cur.Load(); a != nil && a.Situation == posture.Critical {
-			return n, fmt.Errorf("read inode %d: %w (%v)", ino, errNoLiveCopy, err)
+			return fmt.Errorf("read inode %d: %w (%v)", ino, errNoLiveCopy, err)
 		}
 	}
-	return n, err
+	return err
 }
 
 // NFSAddr is the address the NFS front listens on.

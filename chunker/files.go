@@ -67,9 +67,27 @@ type RangeReader interface {
 	ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error)
 }
 
+// RangeViewer is implemented by Blobs that can lend verified chunk bytes
+// in place, without copying them into a caller's buffer: LocalStore does,
+// from a read-only mapping of the chunk file.
+type RangeViewer interface {
+	// ViewRange returns bytes [off, off+n) of chunk id, clamped to the
+	// chunk's length, every byte verified as by ReadRange, and a release
+	// function the caller must call once it no longer reads them (the
+	// bytes are invalid after). Errors wrap chunk.ErrNotFound and
+	// chunk.ErrCorrupt as ReadRange's do, and ErrNoView when this chunk
+	// cannot be lent (ReadRange can still read it).
+	ViewRange(ctx context.Context, id chunk.ID, off int64, n int) (data []byte, release func(), err error)
+}
+
+// ErrNoView is a ViewRange refused for a chunk that can only be read with
+// ReadRange (an old format, or a system without mappings).
+var ErrNoView = errors.New("chunk cannot be read in place")
+
 var (
 	_ Blobs       = (*LocalStore)(nil)
 	_ RangeReader = (*LocalStore)(nil)
+	_ RangeViewer = (*LocalStore)(nil)
 )
 
 // Files maps byte ranges of files onto fixed-size chunks: reads fetch the
@@ -178,6 +196,50 @@ func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte,
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// ReadView reads n bytes of file ino at off like ReadAt, but lends them in
+// place instead of copying them: when the range lies within one chunk,
+// whole (no hole, no bytes past the chunk's end), with no uncommitted write
+// over it, and the Blobs is a RangeViewer, it returns the verified bytes
+// and a function to call once they have been used, and ok. Otherwise ok is
+// false and nothing was read: the caller reads with ReadAt. n is clamped
+// to the file's size, as ReadAt clamps.
+func (f *Files) ReadView(ctx context.Context, ino meta.Ino, size uint64, off int64, n int) (data []byte, release func(), ok bool, err error) {
+	v, isViewer := f.blobs.(RangeViewer)
+	if !isViewer || off < 0 || n <= 0 || uint64(off) >= size {
+		return nil, nil, false, nil
+	}
+	start := uint64(off)
+	end := min(start+uint64(n), size)
+	cs := f.chunkSize
+	idx := start / cs
+	if (end-1)/cs != idx || len(f.pendingIn(ino, start, end)) > 0 {
+		return nil, nil, false, nil
+	}
+	refs, err := f.ns.Chunks(ctx, ino, idx, idx)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("read inode %d: chunk map [%d, %d]: %w", ino, idx, idx, err)
+	}
+	i := slices.IndexFunc(refs, func(r chunk.Ref) bool { return r.Index == idx })
+	if i < 0 || idx*cs+uint64(refs[i].Len) < end {
+		return nil, nil, false, nil // a hole, or zeros past the chunk's end
+	}
+	ref := refs[i]
+	data, release, err = v.ViewRange(ctx, ref.ID, int64(start-idx*cs), int(end-start))
+	switch {
+	case errors.Is(err, ErrNoView) || errors.Is(err, chunk.ErrNotFound):
+		// Not lendable, or replaced since the map was read (ReadAt
+		// reads the map again).
+		return nil, nil, false, nil
+	case err != nil:
+		return nil, nil, false, fmt.Errorf("inode %d chunk %d: %w", ino, ref.Index, err)
+	case uint64(len(data)) != end-start:
+		release()
+		return nil, nil, false, fmt.Errorf("inode %d chunk %d: chunk %s ends before byte %d, chunk map says it has %d: %w",
+			ino, ref.Index, ref.ID, end-idx*cs, ref.Len, chunk.ErrCorrupt)
+	}
+	return data, release, true, nil
 }
 
 // readRange fills p with the file bytes at start, all within the file size.

@@ -70,6 +70,17 @@ func checkRange(t *testing.T, s *LocalStore, id chunk.ID, data []byte, off, n in
 	if rest := p[k:]; len(bytes.Trim(rest, "\xee")) != 0 {
 		t.Fatalf("ReadRange(%d bytes at %d) of %d bytes wrote past the %d bytes it read", n, off, len(data), k)
 	}
+	v, release, err := s.ViewRange(t.Context(), id, off, int(n))
+	if errors.Is(err, ErrNoView) && v == nil && release == nil {
+		return // a version 1 chunk (TestLocalReadsVersion1 checks it is refused)
+	}
+	if err != nil {
+		t.Fatalf("ViewRange(%d bytes at %d) of %d bytes: %v", n, off, len(data), err)
+	}
+	if !bytes.Equal(v, data[lo:hi]) {
+		t.Fatalf("ViewRange(%d bytes at %d) of %d bytes: got %d bytes, want %d (data differs)", n, off, len(data), len(v), hi-lo)
+	}
+	release()
 }
 
 func TestLocalRangeRoundTrip(t *testing.T) {
@@ -182,6 +193,8 @@ func TestLocalRangeCorruptBlock(t *testing.T) {
 				if k != 0 {
 					t.Fatalf("ReadRange(%d bytes at %d) of a corrupt block read %d bytes", r[1], r[0], k)
 				}
+				v, _, err := s.ViewRange(ctx, id, r[0], int(r[1]))
+				wantCorrupt(t, s, id, v, err, badName)
 			}
 			// A read of whole blocks (read in place, not through a
 			// buffer of its own) fails as well.
@@ -273,6 +286,11 @@ func TestLocalReadsVersion1(t *testing.T) {
 		n := int64(size)
 		for _, r := range [][2]int64{{0, 0}, {0, n}, {n / 3, 10}, {BlockSize - 1, 2}, {n - 1, 5}, {n + 1, 1}} {
 			checkRange(t, s, id, data, max(r[0], 0), r[1])
+		}
+		// One checksum over all the data: nothing to verify a part
+		// against in place.
+		if v, _, err := s.ViewRange(ctx, id, 0, size); !errors.Is(err, ErrNoView) || v != nil {
+			t.Fatalf("ViewRange of a version 1 chunk: %d bytes, %v; want ErrNoView", len(v), err)
 		}
 		if size == 0 {
 			continue

@@ -69,10 +69,13 @@ func (s *Server) read(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder
 		return
 	}
 	a, err := s.attrFor(ctx, c, fh)
+	want := int(min(count, maxIO))
+	if tail := replyTailOf(ctx); tail != nil && err == nil && want >= bigReadReply && s.readLent(ctx, c, a, off, want, tail, e) {
+		return
+	}
 	// The reply is sized once, and the data read straight into the place
 	// it takes in the reply: status, post_op_attr, count, eof and the
 	// opaque's length come first (readReplyHead bytes), the data after.
-	want := int(min(count, maxIO))
 	if need := len(e.b) + readReplyHead + want + 4; want >= bigReadReply && need <= replyBufSize {
 		// A pooled buffer, returned once the reply is written
 		// (releaseReply); its old bytes are all overwritten.
@@ -108,16 +111,8 @@ const readReplyHead = 4 + 4 + 84 + 4 + 4 + 4
 // scratch when it is large enough (else into a new buffer), and returns the
 // buffer, the bytes read and whether they reach the end of the file.
 func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64, count uint32, scratch []byte) ([]byte, int, bool, error) {
-	switch {
-	case a.Type == meta.TypeDir:
-		return nil, 0, false, fmt.Errorf("read directory %d: %w", a.Ino, meta.ErrIsDir)
-	case a.Type != meta.TypeRegular:
-		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, meta.ErrInvalid)
-	case !allowed(a, c, permRead) && !allowed(a, c, permExec) && c.uid != a.UID:
-		// The owner may read whatever the mode says (a client opened the
-		// file before a chmod), and execute permission implies reading:
-		// the client loads the program it was allowed to run.
-		return nil, 0, false, fmt.Errorf("read inode %d: %w", a.Ino, errAccess)
+	if err := readable(a, c); err != nil {
+		return nil, 0, false, err
 	}
 	if off >= a.Size {
 		return nil, 0, true, nil
@@ -134,6 +129,50 @@ func (s *Server) readData(ctx context.Context, c creds, a meta.Attr, off uint64,
 		return nil, 0, false, err
 	}
 	return buf, got, off+uint64(got) >= a.Size, nil
+}
+
+// readable says whether caller c may read the file a.
+func readable(a meta.Attr, c creds) error {
+	switch {
+	case a.Type == meta.TypeDir:
+		return fmt.Errorf("read directory %d: %w", a.Ino, meta.ErrIsDir)
+	case a.Type != meta.TypeRegular:
+		return fmt.Errorf("read inode %d: %w", a.Ino, meta.ErrInvalid)
+	case !allowed(a, c, permRead) && !allowed(a, c, permExec) && c.uid != a.UID:
+		// The owner may read whatever the mode says (a client opened the
+		// file before a chmod), and execute permission implies reading:
+		// the client loads the program it was allowed to run.
+		return fmt.Errorf("read inode %d: %w", a.Ino, errAccess)
+	}
+	return nil
+}
+
+// readLent answers a READ of want bytes at off of the file a with bytes
+// the data path lends (see replyTail): the encoded reply ends with the
+// opaque's length, and the bytes follow it on the wire from tail. It
+// returns false, having encoded nothing, when the data path does not lend
+// this range (or the read fails its checks): the caller then reads it.
+func (s *Server) readLent(ctx context.Context, c creds, a meta.Attr, off uint64, want int, tail *replyTail, e *xdrEncoder) bool {
+	dv, ok := s.handler.fs.data.(dataViewer)
+	if !ok || readable(a, c) != nil || off >= a.Size {
+		return false
+	}
+	data, release, ok, err := dv.ReadView(withCopies(ctx, a), a.Ino, a.Size, int64(off), want)
+	if err != nil {
+		e.u32(uint32(statusOf(err)))
+		encodePostOp(e, a, true)
+		return true
+	}
+	if !ok {
+		return false
+	}
+	e.u32(uint32(statusOf(nil)))
+	encodePostOp(e, a, true)
+	e.u32(uint32(len(data)))
+	e.bool(off+uint64(len(data)) >= a.Size)
+	e.u32(uint32(len(data))) // the opaque's length; its bytes are the tail
+	tail.data, tail.release = data, release
+	return true
 }
 
 func (s *Server) write(ctx context.Context, c creds, d *xdrDecoder, e *xdrEncoder) {

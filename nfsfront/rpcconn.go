@@ -89,13 +89,16 @@ func (c *rpcConn) serve(ctx context.Context) {
 	// serveCall answers one record; a reply that cannot be written ends
 	// the connection (the reader then stops at its next read).
 	serveCall := func(rec []byte, key callKey, keep bool) {
-		reply, forward := c.srv.dispatch(ctx, rec, c.o)
+		var tail replyTail
+		reply, forward := c.srv.dispatch(withReplyTail(ctx, &tail), rec, c.o)
+		defer tail.done()
 		if !forward {
 			if reply != nil {
 				if keep {
+					// Only READ lends a tail, and READ is not kept.
 					c.srv.completed.add(key, reply, time.Now())
 				}
-				if err := c.writeRecord(reply); err != nil {
+				if err := c.writeRecord(reply, tail.data); err != nil {
 					_ = c.raw.Close()
 				}
 				c.srv.releaseReply(reply)
@@ -151,7 +154,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 			if reply := c.srv.completed.lookup(key, time.Now()); reply != nil {
 				// Done before: its reply again, not a second run.
 				log.Debug().Uint32("xid", key.xid).Msg("answered a retransmitted call with its kept reply")
-				if err := c.writeRecord(reply); err != nil {
+				if err := c.writeRecord(reply, nil); err != nil {
 					_ = c.raw.Close()
 				}
 				<-c.srv.callSlots
@@ -214,10 +217,20 @@ func readRecord(r io.Reader, max int) ([]byte, error) {
 	}
 }
 
-// writeRecord sends one reply record (without mark) as a single fragment.
-func (c *rpcConn) writeRecord(body []byte) error {
+// writeRecord sends one reply record (without mark) as a single fragment:
+// body, then tail, the bytes of the XDR opaque whose length body ends
+// with, and their padding (see replyTail).
+func (c *rpcConn) writeRecord(body, tail []byte) error {
+	pad := (4 - len(tail)%4) % 4
 	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(body))|lastFragment)
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(body)+len(tail)+pad)|lastFragment)
+	bufs := net.Buffers{hdr[:], body}
+	if len(tail) > 0 {
+		bufs = append(bufs, tail)
+	}
+	if pad > 0 {
+		bufs = append(bufs, make([]byte, pad))
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	// A client that stops reading must not hold this connection's
@@ -225,8 +238,42 @@ func (c *rpcConn) writeRecord(body []byte) error {
 	if err := c.raw.SetWriteDeadline(time.Now().Add(writeTimeout)); err != nil {
 		return err
 	}
-	_, err := (&net.Buffers{hdr[:], body}).WriteTo(c.raw)
+	_, err := bufs.WriteTo(c.raw)
 	return err
+}
+
+// replyTail is bytes a procedure has sent after its encoded reply without
+// copying them into it: a READ's data that the data path lends (mapped
+// from a chunk file and verified), written to the socket from where they
+// lie, and the function that gives them back once written. The encoded
+// reply ends with the length of the XDR opaque the tail holds; the
+// connection sends the opaque's padding. A TCP connection puts an empty
+// tail in each call's context (withReplyTail); a procedure without one
+// (UDP, tests) encodes everything into the reply.
+type replyTail struct {
+	data    []byte
+	release func()
+}
+
+type replyTailKey struct{}
+
+// withReplyTail returns ctx carrying t for the call's procedure to fill.
+func withReplyTail(ctx context.Context, t *replyTail) context.Context {
+	return context.WithValue(ctx, replyTailKey{}, t)
+}
+
+// replyTailOf returns the tail the call's connection can send, or nil.
+func replyTailOf(ctx context.Context) *replyTail {
+	t, _ := ctx.Value(replyTailKey{}).(*replyTail)
+	return t
+}
+
+// done gives the tail's bytes back, once sent (or not to be).
+func (t *replyTail) done() {
+	if t.release != nil {
+		t.release()
+	}
+	t.data, t.release = nil, nil
 }
 
 // writeTimeout bounds sending one reply.
@@ -266,7 +313,7 @@ func (g *goNFSConn) Write(p []byte) (int, error) {
 		// go-nfs writes every reply as one last fragment.
 		rec := g.out[4 : 4+n]
 		fixGoNFSReply(rec)
-		if err := g.c.writeRecord(rec); err != nil {
+		if err := g.c.writeRecord(rec, nil); err != nil {
 			return 0, err
 		}
 		g.out = g.out[4+n:]

@@ -32,7 +32,8 @@ type Namespace interface {
 	StatFS(ctx context.Context) (uint64, error)
 }
 
-// Data is what the front needs from the data layer.
+// Data is what the front needs from the data layer. A Data that is also a
+// dataViewer lends large READs their bytes in place (see replyTail).
 type Data interface {
 	// ReadAt reads file bytes; size is the file size from its attributes.
 	ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte, off int64) (int, error)
@@ -44,6 +45,14 @@ type Data interface {
 	Release(ctx context.Context, freed []chunk.Ref)
 	// Usage reports the bytes of capacity and free space.
 	Usage() (total, free uint64, err error)
+}
+
+// dataViewer is a Data that can lend file bytes instead of copying them:
+// ReadView returns up to n verified bytes of ino at off (size is the file
+// size from its attributes) and a function to call once they are sent, or
+// ok false, having read nothing, when the bytes are to be read with ReadAt.
+type dataViewer interface {
+	ReadView(ctx context.Context, ino meta.Ino, size uint64, off int64, n int) (data []byte, release func(), ok bool, err error)
 }
 
 // Config configures the NFS front.
