@@ -75,14 +75,10 @@ type RangeViewer interface {
 	// chunk's length, every byte verified as by ReadRange, and a release
 	// function the caller must call once it no longer reads them (the
 	// bytes are invalid after). Errors wrap chunk.ErrNotFound and
-	// chunk.ErrCorrupt as ReadRange's do, and ErrNoView when this chunk
+	// chunk.ErrCorrupt as ReadRange's do, and chunk.ErrNoView when this chunk
 	// cannot be lent (ReadRange can still read it).
 	ViewRange(ctx context.Context, id chunk.ID, off int64, n int) (data []byte, release func(), err error)
 }
-
-// ErrNoView is a ViewRange refused for a chunk that can only be read with
-// ReadRange (an old format, or a system without mappings).
-var ErrNoView = errors.New("chunk cannot be read in place")
 
 var (
 	_ Blobs       = (*LocalStore)(nil)
@@ -228,7 +224,7 @@ func (f *Files) ReadView(ctx context.Context, ino meta.Ino, size uint64, off int
 	ref := refs[i]
 	data, release, err = v.ViewRange(ctx, ref.ID, int64(start-idx*cs), int(end-start))
 	switch {
-	case errors.Is(err, ErrNoView) || errors.Is(err, chunk.ErrNotFound):
+	case errors.Is(err, chunk.ErrNoView) || errors.Is(err, chunk.ErrNotFound):
 		// Not lendable, or replaced since the map was read (ReadAt
 		// reads the map again).
 		return nil, nil, false, nil

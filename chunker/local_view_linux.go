@@ -19,7 +19,7 @@ import (
 // of its file (see RangeViewer): the blocks they overlap are paged in,
 // verified against their block sums where they lie, and the bytes
 // returned in place, with no copy; release unmaps them. A version 1 chunk
-// (one checksum over all its data) gives ErrNoView.
+// (one checksum over all its data) gives chunk.ErrNoView.
 //
 // The bytes are verified in memory just before the caller uses them. In
 // the microseconds between, the kernel could drop a page under memory
@@ -34,7 +34,7 @@ func (s *LocalStore) ViewRange(ctx context.Context, id chunk.ID, off int64, n in
 	err := s.readCached(ctx, id, off, int64(n), func(h *header, r io.ReaderAt) error {
 		f, ok := r.(*os.File)
 		if !ok {
-			return ErrNoView
+			return chunk.ErrNoView
 		}
 		lo, hi := clampRange(off, int64(n), h.n)
 		if lo == hi {
@@ -56,7 +56,7 @@ func (s *LocalStore) ViewRange(ctx context.Context, id chunk.ID, off int64, n in
 		}
 		data, mapping = blocks[lo-bLo:hi-bLo], m
 		return nil
-	}, func(io.ReaderAt, int64) error { return ErrNoView })
+	}, func(io.ReaderAt, int64) error { return chunk.ErrNoView })
 	if err != nil {
 		return nil, nil, err
 	}

@@ -8,8 +8,8 @@ import (
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 )
 
-// ViewRange lends nothing where mappings are not used: ErrNoView, and
+// ViewRange lends nothing where mappings are not used: chunk.ErrNoView, and
 // readers copy with ReadRange.
 func (s *LocalStore) ViewRange(context.Context, chunk.ID, int64, int) ([]byte, func(), error) {
-	return nil, nil, ErrNoView
+	return nil, nil, chunk.ErrNoView
 }

@@ -71,7 +71,7 @@ func checkRange(t *testing.T, s *LocalStore, id chunk.ID, data []byte, off, n in
 		t.Fatalf("ReadRange(%d bytes at %d) of %d bytes wrote past the %d bytes it read", n, off, len(data), k)
 	}
 	v, release, err := s.ViewRange(t.Context(), id, off, int(n))
-	if errors.Is(err, ErrNoView) && v == nil && release == nil {
+	if errors.Is(err, chunk.ErrNoView) && v == nil && release == nil {
 		return // a version 1 chunk (TestLocalReadsVersion1 checks it is refused)
 	}
 	if err != nil {
@@ -289,8 +289,8 @@ func TestLocalReadsVersion1(t *testing.T) {
 		}
 		// One checksum over all the data: nothing to verify a part
 		// against in place.
-		if v, _, err := s.ViewRange(ctx, id, 0, size); !errors.Is(err, ErrNoView) || v != nil {
-			t.Fatalf("ViewRange of a version 1 chunk: %d bytes, %v; want ErrNoView", len(v), err)
+		if v, _, err := s.ViewRange(ctx, id, 0, size); !errors.Is(err, chunk.ErrNoView) || v != nil {
+			t.Fatalf("ViewRange of a version 1 chunk: %d bytes, %v; want chunk.ErrNoView", len(v), err)
 		}
 		if size == 0 {
 			continue

@@ -27,6 +27,10 @@ var (
 	// ErrUnavailable means too few chunk holders could be reached to
 	// store or find a chunk; it may succeed once nodes return.
 	ErrUnavailable = errors.New("not enough chunk holders available")
+	// ErrNoView means a chunk's bytes cannot be lent in place (an old
+	// format, a system without mappings, a copy on another node); they
+	// can still be read into a buffer.
+	ErrNoView = errors.New("chunk cannot be read in place")
 )
 
 // IDSize is the length of a chunk ID in bytes.

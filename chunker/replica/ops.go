@@ -334,6 +334,33 @@ func (s *Store) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64)
 	return copy(p, data[min(off, int64(len(data))):]), nil
 }
 
+// rangeViewer is a Local store that lends verified chunk bytes in place;
+// chunker.LocalStore does.
+type rangeViewer interface {
+	ViewRange(ctx context.Context, id chunk.ID, off int64, n int) ([]byte, func(), error)
+}
+
+// ViewRange lends bytes [off, off+n) of chunk id from this node's copy
+// (it makes Store a chunker.RangeViewer). When this node holds no good copy
+// it lends nothing: the error wraps chunk.ErrNoView, and ReadRange, which
+// searches the other nodes, verifies and reports, is the way to read it.
+func (s *Store) ViewRange(ctx context.Context, id chunk.ID, off int64, n int) ([]byte, func(), error) {
+	rv, ok := s.self.(rangeViewer)
+	if !ok {
+		return nil, nil, fmt.Errorf("view chunk %s: %w", id, chunk.ErrNoView)
+	}
+	lctx, cancel := s.opContext(ctx)
+	defer cancel()
+	data, release, err := rv.ViewRange(lctx, id, off, n)
+	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, nil, fmt.Errorf("view chunk %s: %w", id, cerr)
+		}
+		return nil, nil, fmt.Errorf("view chunk %s: %w (this node's copy: %v)", id, chunk.ErrNoView, err)
+	}
+	return data, release, nil
+}
+
 // Delete removes chunk id from this node and from every alive node, in
 // parallel; a missing chunk is not an error, so Delete is idempotent. The
 // errors of the nodes that failed are joined. Copies on nodes that are down

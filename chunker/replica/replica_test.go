@@ -519,6 +519,18 @@ func TestReadRange(t *testing.T) {
 			}
 			tt.fault(c, id)
 			n := int64(len(data))
+			// Lent in place only from a good copy on this node (the
+			// corruption is in the last byte).
+			v, release, err := s.ViewRange(ctx, id, n-50, 100)
+			if tt.want == "" && (err != nil || !bytes.Equal(v, data[n-50:])) {
+				t.Fatalf("ViewRange of a good local copy: %d bytes, %v", len(v), err)
+			}
+			if tt.want != "" && (!errors.Is(err, chunk.ErrNoView) || v != nil) {
+				t.Fatalf("ViewRange without a good local copy: %d bytes, %v; want ErrNoView", len(v), err)
+			}
+			if release != nil {
+				release()
+			}
 			for _, r := range [][2]int64{{n - 5, 100}, {0, 10}, {chunker.BlockSize - 3, 6}, {n, 1}, {0, n}} {
 				got := make([]byte, r[1])
 				k, err := s.ReadRange(ctx, id, got, r[0])
