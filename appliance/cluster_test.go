@@ -73,21 +73,7 @@ func testLogger(t *testing.T) zerolog.Logger {
 // serve starts a node from cfg and stops it when the test ends.
 func serve(t *testing.T, cfg appliance.Config) *appliance.Node {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, testLogger(t))
-	if err != nil {
-		cancel()
-		t.Fatalf("start %s: %v", cfg.Node.ID, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve %s: %v", cfg.Node.ID, err)
-		}
-		n.Close()
-	})
+	n, _ := start(t, cfg)
 	return n
 }
 
@@ -148,36 +134,12 @@ func TestInitJoinServe(t *testing.T) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	t1, close1, err := testnode.Mount(n1.NFSAddr().String(), 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer close1()
-	f, err := t1.OpenFile("/big.bin", 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testnode.WriteFile(f, data); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	t1 := mount(t, n1)
+	writeAll(t, t1, "/big.bin", data)
 
-	t2, close2, err := testnode.Mount(n2.NFSAddr().String(), 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer close2()
-	g, err := t2.Open("/big.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	var got bytes.Buffer
-	if _, err := got.ReadFrom(g); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got.Bytes(), data) {
-		t.Fatalf("read through n2 %d bytes that differ from the %d written through n1", got.Len(), len(data))
+	t2 := mount(t, n2)
+	if got := readAll(t, t2, "/big.bin"); !bytes.Equal(got, data) {
+		t.Fatalf("read through n2 %d bytes that differ from the %d written through n1", len(got), len(data))
 	}
 	// where: each chunk on both nodes, as placed.
 	wh, err := n2.Where(ctx, "/big.bin")
@@ -203,14 +165,7 @@ func TestInitJoinServe(t *testing.T) {
 	if _, err := n1.SetRedundancy(ctx, "/scratch", 0); err == nil {
 		t.Error("redundancy 0 accepted")
 	}
-	s, err := t1.OpenFile("/scratch/tmp.bin", 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testnode.WriteFile(s, data[:2<<20]); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
+	writeAll(t, t1, "/scratch/tmp.bin", data[:2<<20])
 	wh, err = n1.Where(ctx, "/scratch/tmp.bin")
 	if err != nil {
 		t.Fatal(err)
@@ -336,7 +291,7 @@ func start(t *testing.T, cfg appliance.Config) (*appliance.Node, func()) {
 	n, err := appliance.Start(ctx, cfg, testLogger(t))
 	if err != nil {
 		cancel()
-		t.Fatalf("start %s: %v", cfg.DataDir, err)
+		t.Fatalf("start %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- n.Serve(ctx) }()
@@ -348,7 +303,7 @@ func start(t *testing.T, cfg appliance.Config) (*appliance.Node, func()) {
 		stopped = true
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("serve %s: %v", cfg.DataDir, err)
+			t.Errorf("serve %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
 		}
 		n.Close()
 	}
@@ -356,10 +311,32 @@ func start(t *testing.T, cfg appliance.Config) (*appliance.Node, func()) {
 	return n, stop
 }
 
+// mount mounts n's export as root, until the test ends.
+func mount(t *testing.T, n *appliance.Node) *nfsc.Target {
+	t.Helper()
+	v, closeV, err := testnode.Mount(n.NFSAddr().String(), 0, 0)
+	if err != nil {
+		t.Fatalf("mount %s: %v", n.NFSAddr(), err)
+	}
+	t.Cleanup(closeV)
+	return v
+}
+
+// writeAll writes data as the new file p through v.
+func writeAll(t *testing.T, v *nfsc.Target, p string, data []byte) {
+	t.Helper()
+	f, err := v.OpenFile(p, 0o644)
+	if err != nil {
+		t.Fatalf("create %s: %v", p, err)
+	}
+	defer f.Close()
+	if err := testnode.WriteFile(f, data); err != nil {
+		t.Fatalf("write %s: %v", p, err)
+	}
+}
+
 // readAll reads the file p through v.
-func readAll(t *testing.T, v interface {
-	Open(string) (*nfsc.File, error)
-}, p string) []byte {
+func readAll(t *testing.T, v *nfsc.Target, p string) []byte {
 	t.Helper()
 	f, err := v.Open(p)
 	if err != nil {
@@ -394,14 +371,7 @@ func TestSingleNodeBecomesCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := v.OpenFile("/f.bin", 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testnode.WriteFile(f, data); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	writeAll(t, v, "/f.bin", data)
 	_, fh, err := v.Lookup("/f.bin")
 	if err != nil {
 		t.Fatal(err)
@@ -429,11 +399,7 @@ func TestSingleNodeBecomesCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	n1 := serve(t, c1)
-	v1, close1, err := testnode.Mount(n1.NFSAddr().String(), 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer close1()
+	v1 := mount(t, n1)
 	if got := readAll(t, v1, "/f.bin"); !bytes.Equal(got, data) {
 		t.Fatalf("after init, /f.bin reads %d bytes that differ from the %d the single node held", len(got), len(data))
 	}
@@ -454,11 +420,7 @@ func TestSingleNodeBecomesCluster(t *testing.T) {
 	if sz := dirSize(t, filepath.Join(c2.DataDir, "chunks")); sz < int64(len(data)) {
 		t.Errorf("n2 holds %d bytes of chunks, want at least %d", sz, len(data))
 	}
-	v2, close2, err := testnode.Mount(n2.NFSAddr().String(), 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer close2()
+	v2 := mount(t, n2)
 	if got := readAll(t, v2, "/f.bin"); !bytes.Equal(got, data) {
 		t.Fatal("/f.bin read through the joined node differs")
 	}
