@@ -282,6 +282,7 @@ func (n *Node) metrics() *prometheus.Registry {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_corrupt_chunks_total", Help: "Damaged chunk copies the scrubber set aside."}, stat(func(s scrub.Stats) uint64 { return s.Corrupt })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_read_bytes_total", Help: "Bytes the scrubber read."}, stat(func(s scrub.Stats) uint64 { return s.BytesRead })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_passes_total", Help: "Full scrub passes finished."}, stat(func(s scrub.Stats) uint64 { return s.Passes })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_suspects_total", Help: "Chunks checked at once because a read found them damaged."}, stat(func(s scrub.Stats) uint64 { return s.Suspects })),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_quarantine_pruned_total", Help: "Quarantined chunk copies deleted after scrub.quarantine_keep."}, stat(func(s scrub.Stats) uint64 { return s.Pruned })),
 		)
 	}

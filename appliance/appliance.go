@@ -198,6 +198,9 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 			Rate: cfg.Scrub.Rate, Interval: cfg.Scrub.Interval, Delay: cfg.Scrub.Delay, QuarantineKeep: cfg.Scrub.QuarantineKeep,
 		},
 			n.store, n.badChunk, log.With().Str("component", "scrub").Logger())
+		// A copy a read finds damaged is checked and set aside at once,
+		// so that repair restores it without waiting for a pass.
+		n.store.SetOnCorrupt(n.scrub.Suspect)
 	}
 	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
 	files.SetWriteBack(cfg.Chunks.WriteBack)

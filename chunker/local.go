@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/rs/zerolog"
@@ -36,6 +37,25 @@ type LocalStore struct {
 	// cache keeps chunk files open with their verified headers for range
 	// reads (local_cache.go).
 	cache openCache
+	// onCorrupt hears of the chunks reads find damaged (SetOnCorrupt).
+	onCorrupt atomic.Pointer[func(chunk.ID)]
+}
+
+// SetOnCorrupt sets fn to be told of every chunk that a Get, ReadRange or
+// ViewRange finds damaged (after it is logged), so that the copy can be
+// checked and set aside at once rather than at the scrubber's next pass;
+// the node hands it to its scrubber (scrub.Scrubber.Suspect). fn must not
+// block.
+func (s *LocalStore) SetOnCorrupt(fn func(id chunk.ID)) {
+	s.onCorrupt.Store(&fn)
+}
+
+// tellCorrupt tells the SetOnCorrupt function of chunk id, which a read
+// found damaged.
+func (s *LocalStore) tellCorrupt(id chunk.ID) {
+	if fn := s.onCorrupt.Load(); fn != nil && *fn != nil {
+		(*fn)(id)
+	}
 }
 
 // OpenLocal opens the chunk store in dir, creating the directory and its 256
@@ -342,6 +362,7 @@ func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 	}
 	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Msg("corrupt chunk")
+	s.tellCorrupt(id)
 	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 }
 
@@ -408,6 +429,7 @@ func (s *LocalStore) readCached(ctx context.Context, id chunk.ID, off, n int64,
 		return fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
 	case errors.Is(err, chunk.ErrCorrupt):
 		s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Int64("off", off).Int64("len", n).Msg("corrupt chunk")
+		s.tellCorrupt(id)
 	}
 	return fmt.Errorf("chunk store %s: get chunk %s (%s), %d bytes at %d: %w", s.dir, id, s.Path(id), n, off, err)
 }

@@ -9,7 +9,9 @@
 // quarantined (Store.Quarantine: moved aside, kept for inspection, no
 // longer listed or served) and reported through the onBad callback. Each
 // pass first deletes the copies quarantined longer ago than
-// Config.QuarantineKeep, when set. The
+// Config.QuarantineKeep, when set. A chunk that a client's read found
+// damaged is handed over with Suspect and checked the same way at once,
+// between passes or within one, instead of at the next pass. The
 // scrubber does not rebuild anything itself: a quarantined copy is a
 // missing copy, which the repair worker restores from a good copy on
 // another node. A chunk listed but gone when verified was deleted
@@ -139,6 +141,9 @@ type Stats struct {
 	// Pruned counts the quarantined copies deleted for being older than
 	// Config.QuarantineKeep.
 	Pruned uint64
+	// Suspects counts the chunks checked because a read found them
+	// damaged (Suspect); those found bad count in Corrupt too.
+	Suspects uint64
 	// LastPassStarted is when the latest pass started, LastPassFinished
 	// when the latest completed pass ended; zero before the first.
 	LastPassStarted, LastPassFinished time.Time
@@ -154,8 +159,9 @@ type Scrubber struct {
 	onBad func(id chunk.ID, reason string)
 	log   zerolog.Logger
 
-	kick chan struct{} // capacity 1: a pass requested by Kick
-	busy atomic.Bool   // Run is running
+	kick     chan struct{} // capacity 1: a pass requested by Kick
+	suspects chan chunk.ID // chunks to check at once (Suspect)
+	busy     atomic.Bool   // Run is running
 
 	mu    sync.Mutex
 	stats Stats
@@ -173,12 +179,13 @@ func New(cfg Config, st Store, onBad func(id chunk.ID, reason string), log zerol
 		onBad = func(chunk.ID, string) {}
 	}
 	return &Scrubber{
-		cfg:   cfg.withDefaults(),
-		store: st,
-		onBad: onBad,
-		log:   log.With().Str("component", "scrub").Logger(),
-		kick:  make(chan struct{}, 1),
-		ended: make(chan struct{}),
+		cfg:      cfg.withDefaults(),
+		store:    st,
+		onBad:    onBad,
+		log:      log.With().Str("component", "scrub").Logger(),
+		kick:     make(chan struct{}, 1),
+		suspects: make(chan chunk.ID, maxSuspects),
+		ended:    make(chan struct{}),
 	}
 }
 
@@ -204,6 +211,9 @@ func (s *Scrubber) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case id := <-s.suspects:
+			s.checkSuspect(ctx, id)
+			continue
 		case <-timer.C:
 		case <-s.kick:
 			s.log.Info().Msg("scrub pass requested")
@@ -231,6 +241,57 @@ func (s *Scrubber) Kick() {
 	select {
 	case s.kick <- struct{}{}:
 	default: // a pass is requested already
+	}
+}
+
+// maxSuspects bounds the chunks waiting to be checked at once; past it
+// Suspect drops them (the next pass finds them).
+const maxSuspects = 64
+
+// Suspect asks for chunk id, which a read found damaged, to be checked
+// (and quarantined and reported if bad) as soon as Run can, between
+// chunks of a pass or between passes. It does not block: with too many
+// waiting, id is left to the next pass. Suspects before Run starts wait
+// for it.
+func (s *Scrubber) Suspect(id chunk.ID) {
+	select {
+	case s.suspects <- id:
+	default:
+		s.log.Warn().Str("chunk", id.String()).Msg("too many chunks waiting to be checked; this one waits for the next pass")
+	}
+}
+
+// checkSuspects checks the chunks waiting, without blocking.
+func (s *Scrubber) checkSuspects(ctx context.Context) {
+	for {
+		select {
+		case id := <-s.suspects:
+			s.checkSuspect(ctx, id)
+		default:
+			return
+		}
+	}
+}
+
+// checkSuspect verifies chunk id, which a read found damaged: a bad copy
+// is quarantined and reported as in a pass; one gone meanwhile (already
+// set aside, or replaced) is nothing; one that verifies was damaged only
+// on the way (a transient read error).
+func (s *Scrubber) checkSuspect(ctx context.Context, id chunk.ID) {
+	s.update(func(st *Stats) { st.Suspects++ })
+	n, err := s.store.Verify(ctx, id)
+	if n > 0 {
+		s.update(func(st *Stats) { st.BytesRead += uint64(n) })
+	}
+	switch {
+	case err == nil:
+		s.log.Warn().Str("chunk", id.String()).Msg("chunk a read found damaged verifies now: left in place")
+	case ctx.Err() != nil, errors.Is(err, chunk.ErrNotFound):
+	case errors.Is(err, chunk.ErrCorrupt):
+		s.corrupt(ctx, id, err)
+	default:
+		s.update(func(st *Stats) { st.Errors++ })
+		s.log.Warn().Err(err).Str("chunk", id.String()).Msg("scrub could not read a chunk a read found damaged")
 	}
 }
 
@@ -271,6 +332,7 @@ func (s *Scrubber) pass(ctx context.Context) {
 		p      = newPacer(s.cfg.Rate, start)
 	)
 	err := s.store.List(ctx, func(id chunk.ID) error {
+		s.checkSuspects(ctx)
 		n, err := s.check(ctx, id)
 		if err != nil {
 			return err

@@ -567,3 +567,63 @@ func TestRunRejects(t *testing.T) {
 		t.Errorf("zero Config became %+v, want the defaults %+v", got, DefaultConfig())
 	}
 }
+
+// A chunk a client's read finds damaged is checked, quarantined and
+// reported at once, with no pass, when the store tells the scrubber
+// (SetOnCorrupt, as the node wires them); a suspect that is gone by then
+// is nothing.
+func TestScrubSuspectFromRead(t *testing.T) {
+	ctx := t.Context()
+	ls, err := chunker.OpenLocal(filepath.Join(t.TempDir(), "chunks"), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ls.Close() }()
+	damaged, good := chunk.NewID(), chunk.NewID()
+	data := make([]byte, 2*chunker.BlockSize)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	for _, id := range []chunk.ID{damaged, good} {
+		if _, err := ls.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(ls.Path(damaged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-10] ^= 1
+	if err := os.WriteFile(ls.Path(damaged), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	reported := make(chan chunk.ID, 4)
+	s := New(Config{Rate: 1 << 40, Delay: time.Hour, Interval: time.Hour}, ls,
+		func(id chunk.ID, _ string) { reported <- id }, testLogger(t))
+	ls.SetOnCorrupt(s.Suspect)
+	start(t, s)
+
+	s.Suspect(chunk.NewID()) // gone already
+	p := make([]byte, 100)
+	if _, err := ls.ReadRange(ctx, damaged, p, int64(len(data)-100)); !errors.Is(err, chunk.ErrCorrupt) {
+		t.Fatalf("read of the damaged block: %v, want ErrCorrupt", err)
+	}
+	select {
+	case id := <-reported:
+		if id != damaged {
+			t.Fatalf("reported %s, want the damaged chunk %s", id, damaged)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the chunk a read found damaged was not reported within 30s")
+	}
+	if _, err := ls.Get(ctx, damaged); !errors.Is(err, chunk.ErrNotFound) {
+		t.Errorf("Get of the damaged chunk after its check = %v, want ErrNotFound (quarantined)", err)
+	}
+	if _, err := ls.Get(ctx, good); err != nil {
+		t.Errorf("Get of the good chunk: %v", err)
+	}
+	if st := s.Stats(); st.Passes != 0 || st.Suspects != 2 || st.Corrupt != 1 || st.Errors != 0 {
+		t.Errorf("Stats = %+v; want no pass, 2 suspects, 1 corrupt", st)
+	}
+}
