@@ -213,7 +213,12 @@ func Init(ctx context.Context, cfg Config, tokenTTL time.Duration, log zerolog.L
 	if err := saveState(dataDir, st); err != nil {
 		return pki.Token{}, err
 	}
-	log.Info().Str("cluster", cfg.ClusterID).Str("node", id).Str("data_dir", dataDir).Msg("cluster created")
+	if single != "" {
+		log.Info().Str("cluster", cfg.ClusterID).Str("node", id).Str("data_dir", dataDir).
+			Msg("cluster created from the single node: its files are the cluster's; joining nodes receive copies")
+	} else {
+		log.Info().Str("cluster", cfg.ClusterID).Str("node", id).Str("data_dir", dataDir).Msg("cluster created")
+	}
 	return tok, nil
 }
 
