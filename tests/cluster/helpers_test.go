@@ -479,13 +479,16 @@ func (n *node) mount() *nfsc.Target {
 type mounted struct {
 	v     *nfsc.Target
 	close func()
+	// broken, when not nil, is closed once the mount's connection is
+	// broken (mountOneConnWithin).
+	broken <-chan struct{}
 }
 
 // mountWithin mounts addr as root, giving up after d.
 func mountWithin(addr string, d time.Duration) (mounted, error) {
 	return within(d, "mount "+addr, func() (mounted, error) {
 		v, closeMount, err := testnode.Mount(addr, 0, 0)
-		return mounted{v, closeMount}, err
+		return mounted{v: v, close: closeMount}, err
 	})
 }
 

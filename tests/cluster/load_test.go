@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,7 +17,6 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	nfsc "github.com/willscott/go-nfs-client/nfs"
 )
 
 // A load is the client of a fault test: workers that overwrite and read
@@ -25,6 +27,12 @@ import (
 // before them, or one that overlaps them. A write that failed or got no
 // answer may or may not have happened, and the checker is told so. Bytes
 // that are no version ever written fail the test at once.
+//
+// That a call takes effect at most once holds only for calls sent on one
+// connection (the server drops a retransmission of a call in progress):
+// so the workers' mounts never connect again (mountOneConnWithin), and a
+// call in flight when a node stops or dies fails instead of being sent
+// again to the restarted node, which could run it a second time.
 //
 // Each file is loadSize bytes, written with one FILE_SYNC WRITE at offset
 // 0, so a write is atomic at the server and a reader sees one version or
@@ -128,7 +136,7 @@ func startLoadNamed(t *testing.T, prefix string, workersPerTarget int, targets .
 	// lifts by itself): creating the files is tried again until then.
 	deadline := time.Now().Add(loadOpTimeout)
 	for f := range loadFiles {
-		for !l.write(0, v, f, targets[0].id) && time.Now().Before(deadline) {
+		for !l.write(0, &mounted{v: v}, f, targets[0].id) && time.Now().Before(deadline) {
 			select {
 			case <-time.After(250 * time.Millisecond): // retry pace while refused
 			case <-t.Context().Done():
@@ -230,7 +238,7 @@ func (l *load) worker(client int, n *node, seed uint64) {
 		default:
 		}
 		if m == nil {
-			mm, err := mountWithin(n.nfsAddr(), loadOpTimeout)
+			mm, err := mountOneConnWithin(n.nfsAddr(), loadOpTimeout)
 			if err != nil {
 				l.count(n.id, false, false, fmt.Errorf("%s: %w", n.id, err))
 				select {
@@ -245,9 +253,9 @@ func (l *load) worker(client int, n *node, seed uint64) {
 		f := rng.IntN(loadFiles)
 		var ok bool
 		if rng.IntN(2) == 0 {
-			ok = l.write(client, m.v, f, n.id)
+			ok = l.write(client, m, f, n.id)
 		} else {
-			ok = l.read(client, m.v, f, n.id)
+			ok = l.read(client, m, f, n.id)
 		}
 		if !ok {
 			go m.close()
@@ -256,12 +264,14 @@ func (l *load) worker(client int, n *node, seed uint64) {
 	}
 }
 
-// write writes a new version of file f through v (node via) and records
+// write writes a new version of file f through m (node via) and records
 // it.
-func (l *load) write(client int, v *nfsc.Target, f int, via string) bool {
+func (l *load) write(client int, m *mounted, f int, via string) bool {
 	version := l.versions[f].Add(1)
 	call := l.now()
-	err := writeFile(v, l.name(f), loadContent(f, version))
+	_, err := untilBroken(m, func() (struct{}, error) {
+		return struct{}{}, writeFile(m.v, l.name(f), loadContent(f, version))
+	})
 	ret := l.now()
 	switch {
 	case err != nil && strings.Contains(err.Error(), "NFS3ERR_ROFS") && !strings.HasPrefix(err.Error(), "commit "):
@@ -281,10 +291,13 @@ func (l *load) write(client int, v *nfsc.Target, f int, via string) bool {
 	return err == nil
 }
 
-// read reads file f through v, checks its bytes and records the version.
-func (l *load) read(client int, v *nfsc.Target, f int, via string) bool {
+// read reads file f through m, checks its bytes and records the version.
+func (l *load) read(client int, m *mounted, f int, via string) bool {
 	call := l.now()
-	data, _, err := readFile(v, l.name(f))
+	data, err := untilBroken(m, func() ([]byte, error) {
+		data, _, err := readFile(m.v, l.name(f))
+		return data, err
+	})
 	ret := l.now()
 	if err != nil {
 		l.count(via, false, false, err) // a failed read tells nothing
@@ -373,7 +386,7 @@ func (l *load) stop(d time.Duration) {
 			l.t.Fatalf("load: final reads: %v", err)
 		}
 		for f := range loadFiles {
-			for !l.read(0, m.v, f, n.id) {
+			for !l.read(0, &m, f, n.id) {
 				if time.Now().After(deadline) {
 					l.t.Fatalf("load: final read of %s through %s still failing after %v: %s",
 						l.name(f), n.id, d, l.phaseCounts("final").LastError)
@@ -454,4 +467,109 @@ func parseLoadContent(f int, data []byte) (int64, error) {
 		return 0, fmt.Errorf("%d bytes claiming version %d differ from what was written", len(data), v)
 	}
 	return v, nil
+}
+
+// mountOneConnWithin is mountWithin through a forwarder that passes on
+// the mount's first connection and refuses every later one.
+//
+// When its connection breaks, go-nfs-client connects again and sends the
+// calls still waiting for a reply again, with the same xids, on the new
+// connection: to a node that was stopped or killed and has come back, a
+// WRITE whose first transmission took effect before the node went down
+// (its reply lost with the connection) is then run a second time, after
+// writes other clients made in between, and the file goes back to an
+// older version. No server can tell such a call from a new one (its
+// duplicate request cache, if any, is gone with the process; and this
+// client reconnects from another port). The load's model counts each
+// write once, so the forwarder makes a broken connection fail the calls
+// in flight on it: their writes stay pending, as they should. The mount's
+// broken channel is closed when its connection breaks (untilBroken).
+func mountOneConnWithin(addr string, d time.Duration) (mounted, error) {
+	// The node's end first: a node that is down fails the mount at once,
+	// not after go-nfs-client has tried to connect again for seconds.
+	up, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return mounted{}, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		up.Close()
+		return mounted{}, err
+	}
+	var mu sync.Mutex
+	conns := []net.Conn{up}
+	closed := false
+	broken := make(chan struct{})
+	closeAll := func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		if !closed {
+			closed = true
+			close(broken)
+			for _, c := range conns {
+				c.Close()
+			}
+		}
+	}
+	go func() {
+		down, err := l.Accept()
+		l.Close() // the one connection: a reconnection is refused
+		if err != nil {
+			closeAll()
+			return
+		}
+		mu.Lock()
+		if closed {
+			mu.Unlock()
+			down.Close()
+			return
+		}
+		conns = append(conns, down)
+		mu.Unlock()
+		// Either side ending ends both: the client sees its connection
+		// break when the node's does.
+		pipe := func(dst, src net.Conn) {
+			_, _ = io.Copy(dst, src)
+			closeAll()
+		}
+		go pipe(up, down)
+		go pipe(down, up)
+	}()
+	m, err := untilBroken(&mounted{broken: broken}, func() (mounted, error) {
+		return mountWithin(l.Addr().String(), d)
+	})
+	if err != nil {
+		closeAll()
+		return mounted{}, err
+	}
+	return mounted{v: m.v, close: func() { m.close(); closeAll() }, broken: broken}, nil
+}
+
+// untilBroken runs f, a call on m, and returns its results; or an error as
+// soon as m's connection breaks, without waiting for go-nfs-client to give
+// up (it tries to connect again for seconds): f's call may then have
+// taken effect or not, and is left running.
+func untilBroken[T any](m *mounted, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-m.broken:
+		select {
+		case r := <-done: // answered before the break
+			return r.v, r.err
+		default:
+		}
+		var zero T
+		return zero, errors.New("connection to the node broken")
+	}
 }
