@@ -29,6 +29,10 @@ type rpcConn struct {
 	o    origin
 	wmu  sync.Mutex
 	feed chan []byte // records for go-nfs, each with its record mark
+	// dmu guards stopped, set once the server stops: the connection then
+	// reads nothing more (its read deadline stays in the past).
+	dmu     sync.Mutex
+	stopped bool
 	// quick times the connection's quick calls, which it serves on its
 	// reader goroutine while they are fast (quick.go).
 	quick quickTimes
@@ -51,7 +55,7 @@ func (s *Server) newConn(raw net.Conn, o origin) *rpcConn {
 	return &rpcConn{srv: s, raw: raw, o: o, feed: make(chan []byte, 8)}
 }
 
-func (c *rpcConn) serve(ctx context.Context) {
+func (c *rpcConn) serve(srvCtx context.Context) {
 	defer c.raw.Close()
 	client := c.raw.RemoteAddr().String()
 	log := c.srv.log.With().Str("client", client).Logger()
@@ -59,17 +63,48 @@ func (c *rpcConn) serve(ctx context.Context) {
 	// The go-nfs side of this connection, started when first needed. Its
 	// context ends with the connection: go-nfs's own per-connection
 	// goroutines wait on it when a reply can no longer be written.
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(srvCtx)
+	// Our calls run on callCtx, which outlives the server's context by
+	// drainGrace: when the server stops, the connection reads no more
+	// calls, but those in flight finish and are answered, as a client
+	// expects of a server going down in order. Otherwise a WRITE could
+	// take effect with its reply lost, and the client, sending it again
+	// to the restarted server, would have it run twice.
+	callCtx, cancelCalls := context.WithCancel(context.WithoutCancel(srvCtx))
+	var drainTimer *time.Timer
+	stopDrain := context.AfterFunc(srvCtx, func() {
+		c.stopReading()
+		c.dmu.Lock()
+		drainTimer = time.AfterFunc(drainGrace, func() {
+			cancelCalls()
+			_ = c.raw.Close() // a reply stuck on a client that does not read
+		})
+		c.dmu.Unlock()
+	})
 	var wg sync.WaitGroup    // go-nfs
 	var calls sync.WaitGroup // calls being served
 	var lmu sync.Mutex       // guards l
 	var l *oneConnListener   // go-nfs's listener, once started
 	slots := make(chan struct{}, maxInFlight)
 	defer func() {
-		cancel()
-		// Calls in flight end (their context is cancelled) before the
-		// feed closes: they may still be handing records to go-nfs.
+		if srvCtx.Err() == nil {
+			// The connection ended, not the server: no reply can be
+			// sent any more.
+			cancelCalls()
+		}
+		// Calls in flight end (while the server stops: answered, or
+		// cancelled after drainGrace) before the feed closes: they may
+		// still be handing records to go-nfs.
 		calls.Wait()
+		cancelCalls()
+		if !stopDrain() {
+			c.dmu.Lock()
+			if drainTimer != nil {
+				drainTimer.Stop()
+			}
+			c.dmu.Unlock()
+		}
+		cancel()
 		close(c.feed)
 		lmu.Lock()
 		if l != nil {
@@ -90,7 +125,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 	// the connection (the reader then stops at its next read).
 	serveCall := func(rec []byte, key callKey, keep bool) {
 		var tail replyTail
-		reply, forward := c.srv.dispatch(withReplyTail(ctx, &tail), rec, c.o)
+		reply, forward := c.srv.dispatch(withReplyTail(callCtx, &tail), rec, c.o)
 		defer tail.done()
 		if !forward {
 			if reply != nil {
@@ -112,7 +147,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 		copy(framed[4:], rec)
 		select {
 		case c.feed <- framed:
-		case <-ctx.Done():
+		case <-callCtx.Done():
 		}
 	}
 
@@ -126,7 +161,7 @@ func (c *rpcConn) serve(ctx context.Context) {
 			return
 		}
 		// An idle client is let go; it reconnects when it has work.
-		if err := c.raw.SetReadDeadline(time.Now().Add(c.srv.cfg.IdleTimeout)); err != nil {
+		if !c.readUntil(time.Now().Add(c.srv.cfg.IdleTimeout)) {
 			return
 		}
 		rec, err := readRecord(br, c.srv.cfg.MaxRecord)
@@ -188,6 +223,29 @@ func (c *rpcConn) serve(ctx context.Context) {
 			serveCall(rec, key, traits.keep)
 		})
 	}
+}
+
+// drainGrace is how long the calls in flight when the server stops have
+// to finish and be answered; then they are cancelled and the connection
+// closed.
+const drainGrace = 3 * time.Second
+
+// stopReading makes the connection read no more calls: a read in
+// progress ends at once (its deadline is now), and readUntil refuses from
+// now on.
+func (c *rpcConn) stopReading() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.stopped = true
+	_ = c.raw.SetReadDeadline(time.Now())
+}
+
+// readUntil sets the deadline of the next read, and reports false, setting
+// none, once the server stops (or the deadline cannot be set).
+func (c *rpcConn) readUntil(t time.Time) bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return !c.stopped && c.raw.SetReadDeadline(t) == nil
 }
 
 // readRecord reads one RPC record, joining its fragments.

@@ -3,9 +3,11 @@ package nfsfront
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -86,4 +88,76 @@ func serveAndDial(t *testing.T, ns Namespace, data Data) (*Server, *rpcConnTest)
 	c := dialRPC(t, ls.Addr().String())
 	t.Cleanup(func() { _ = c.Close() })
 	return s, c
+}
+
+// stopWithCallHeld serves slowNS, sends a GETATTR that it holds, and stops
+// the server once the call is in flight. It returns the connection, the
+// namespace, and a channel closed once Serve has returned.
+func stopWithCallHeld(t *testing.T) (*rpcConnTest, *slowNS, <-chan struct{}) {
+	t.Helper()
+	ns := &slowNS{release: make(chan struct{})}
+	s, err := New(DefaultConfig(), ns, nopData{}, []byte(strings.Repeat("k", 32)), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, stop := startServing(t, s)
+	c := dialRPC(t, ls.Addr().String())
+	t.Cleanup(func() { _ = c.Close() })
+	c.send(t, callRecord(100, progNFS, 3, procGetattr, opaqueArg(s.handleFor(creds{}, slowAttr))))
+	waitFor(t, "the GETATTR to be in flight", func() bool { return ns.waiting.Load() == 1 })
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	waitFor(t, "the server to refuse new connections", func() bool {
+		d, err := net.DialTimeout("tcp", ls.Addr().String(), time.Second)
+		if err == nil {
+			d.Close()
+		}
+		return err != nil
+	})
+	return c, ns, stopped
+}
+
+// waitFor polls cond until it holds, for at most 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10 s for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+}
+
+// A server that stops answers the calls in flight before closing their
+// connections: a WRITE that took effect must not lose its reply, or the
+// client sends it again to the restarted server, which runs it twice.
+func TestStopAnswersCallsInFlight(t *testing.T) {
+	c, ns, stopped := stopWithCallHeld(t)
+	close(ns.release)
+	reply, err := c.recv()
+	if err != nil {
+		t.Fatalf("the call in flight when the server stopped got no reply: %v", err)
+	}
+	if xid := binary.BigEndian.Uint32(reply); xid != 100 || nfsStatus(t, reply) != 0 {
+		t.Fatalf("reply: xid %d, status %d; want 100, OK", xid, nfsStatus(t, reply))
+	}
+	<-stopped
+	if _, err := c.recv(); err == nil {
+		t.Fatal("the connection still answers after the server stopped")
+	}
+}
+
+// A call that does not end within drainGrace of the stop is cancelled,
+// and the server stops all the same.
+func TestStopCancelsCallsThatDoNotEnd(t *testing.T) {
+	c, _, stopped := stopWithCallHeld(t)
+	<-stopped // startServing fails the test if Serve takes over 10 s
+	if _, err := c.recv(); err == nil {
+		// A reply carrying the cancellation may come first; the
+		// connection closes after it.
+		if _, err := c.recv(); err == nil {
+			t.Fatal("the connection still answers after the server stopped")
+		}
+	}
 }

@@ -164,9 +164,11 @@ func New(cfg Config, ns Namespace, data Data, secret []byte, log zerolog.Logger)
 	return s, nil
 }
 
-// Serve serves on ls until ctx ends, then closes ls and every connection
-// and waits for their goroutines. If one listener fails, Serve stops the
-// others and returns the error.
+// Serve serves on ls until ctx ends, then closes ls, lets the calls in
+// flight on TCP connections finish and send their replies (for up to
+// drainGrace, then they are cancelled), closes every connection and waits
+// for their goroutines. If one listener fails, Serve stops the others and
+// returns the error.
 func (s *Server) Serve(ctx context.Context, ls *Listeners) error {
 	s.handler.fs.ctx = ctx
 	ctx, cancel := context.WithCancel(ctx)
@@ -196,22 +198,16 @@ func (s *Server) Serve(ctx context.Context, ls *Listeners) error {
 	return errors.Join(errs...)
 }
 
-// serveTCP accepts connections on l until ctx ends, then closes l and its
-// connections and waits for them.
+// serveTCP accepts connections on l until ctx ends, then closes l and
+// waits for its connections, which answer the calls they are serving
+// (for up to drainGrace) and close.
 func (s *Server) serveTCP(ctx context.Context, l net.Listener, svc services, ep *endpoints) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	conns := make(map[*rpcConn]struct{})
 	perClient := make(map[string]int)
 	var mu sync.Mutex
-	stop := context.AfterFunc(ctx, func() {
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.raw.Close()
-		}
-		mu.Unlock()
-	})
+	stop := context.AfterFunc(ctx, func() { l.Close() })
 	defer stop()
 	for {
 		raw, err := l.Accept()
