@@ -22,18 +22,21 @@ import (
 // both.
 //
 // A call retransmitted after its reply was sent (the reply was lost) is
-// served again, which for reads and writes is the same to the client as
-// the first time: it has made no call since. A call that changes the
-// namespace is not safe to run twice that way: a REMOVE whose reply was
-// lost (the connection broke) and that the client sends again once
-// reconnected would fail with NOENT, a CREATE with EXIST, though both did
-// what was asked. So the replies of such calls (SETATTR, CREATE, MKDIR,
-// SYMLINK, REMOVE, RMDIR, RENAME, LINK) are kept for a while, and a call
-// identical to one of them is answered with the same reply instead of
-// being run again. Clients resend from the same address and port (the
-// Linux client binds the same source port when it reconnects, for this
-// very reason); a reply is kept completedTTL at most, and only the
-// completedMax most recent ones.
+// served again, which for reads is the same to the client as the first
+// time. A call that changes something is not safe to run twice that way:
+// a REMOVE whose reply was lost (the connection broke) and that the client
+// sends again once reconnected would fail with NOENT, a CREATE with EXIST,
+// though both did what was asked; a WRITE run again would put its bytes
+// back over what other clients wrote since. So the replies of such calls
+// (SETATTR, CREATE, MKDIR, SYMLINK, REMOVE, RMDIR, RENAME, LINK, WRITE, as
+// the Linux server keeps them) are kept for a while, and a call identical
+// to one of them is answered with the same reply instead of being run
+// again. Clients resend from the same address and port (the Linux client
+// binds the same source port when it reconnects, for this very reason); a
+// reply is kept completedTTL at most, and only the completedMax most
+// recent ones. The cache is in memory: a call sent again to a restarted
+// server runs again, as with other NFSv3 servers (a stopping server first
+// answers the calls in flight, which leaves few such calls).
 
 // callKey identifies a call: the client's address, the xid, the record's
 // length and a hash of its first hashedPrefix bytes (program, procedure,
@@ -98,7 +101,7 @@ func (p *inProgress) end(key callKey) {
 
 // Bounds of the replies kept for calls that change the namespace.
 const (
-	completedMax = 4096            // replies, a few hundred bytes each
+	completedMax = 16384           // replies, a few hundred bytes each (WRITEs come in thousands a second)
 	completedTTL = 2 * time.Minute // longer than clients wait to resend
 )
 

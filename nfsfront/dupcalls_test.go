@@ -3,6 +3,7 @@ package nfsfront
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,5 +121,45 @@ func TestCompletedBounds(t *testing.T) {
 	d.add(key(9), nfsReply(9, nfs.NFSStatusNoEnt), now)
 	if d.lookup(key(9), now) == nil {
 		t.Error("a NOENT reply (final) was not kept")
+	}
+}
+
+// countingData counts the writes it is asked for, and does them.
+type countingData struct {
+	nopData
+	writes atomic.Int32
+}
+
+func (d *countingData) WriteAt(_ context.Context, ino meta.Ino, p []byte, off int64) (meta.Attr, error) {
+	d.writes.Add(1)
+	return meta.Attr{Ino: ino, Type: meta.TypeRegular, Mode: 0o644, Nlink: 1, Gen: 1, Size: uint64(off) + uint64(len(p))}, nil
+}
+
+// TestRetransmittedWriteGetsItsReply: a WRITE sent again after it was done
+// is answered with its reply, not run again (a second run would put its
+// bytes back over what other clients wrote in between).
+func TestRetransmittedWriteGetsItsReply(t *testing.T) {
+	d := &countingData{}
+	s, c := serveAndDial(t, twoFilesNS{sizes: map[meta.Ino]uint64{7: 0}}, d)
+	write := func(xid uint32) []byte {
+		args := binary.BigEndian.AppendUint64(opaqueArg(s.handleFor(creds{}, meta.Attr{Ino: 7, Gen: 1})), 0)
+		args = binary.BigEndian.AppendUint32(args, 5)
+		args = binary.BigEndian.AppendUint32(args, fileSync)
+		args = append(args, opaqueArg([]byte("hello"))...)
+		return c.call(t, sysCall(xid, progNFS, 3, procWrite, 0, 0, args))
+	}
+	first := write(31)
+	if st := nfsStatus(t, first); st != 0 {
+		t.Fatalf("WRITE: status %d", st)
+	}
+	if again := write(31); !bytes.Equal(again, first) {
+		t.Fatalf("WRITE sent again: reply %x, want the first one %x", again, first)
+	}
+	if n := d.writes.Load(); n != 1 {
+		t.Fatalf("WRITE sent twice ran %d times", n)
+	}
+	write(32)
+	if n := d.writes.Load(); n != 2 {
+		t.Errorf("a new WRITE (another xid) ran %d writes in all, want 2", n)
 	}
 }

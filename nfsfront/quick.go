@@ -51,7 +51,7 @@ func traitsOf(rec []byte) callTraits {
 		_ = d.u64() // offset
 		count := d.u32()
 		return callTraits{quick: d.err == nil && count <= quickReadMax}
-	case procSetattr, procCreate, procMkdir, procSymlink, procRemove, procRmdir, procRename, procLink:
+	case procSetattr, procCreate, procMkdir, procSymlink, procRemove, procRmdir, procRename, procLink, procWrite:
 		return callTraits{keep: true}
 	}
 	return callTraits{}

@@ -28,7 +28,7 @@ func TestTraitsOf(t *testing.T) {
 		{"64 KiB READ", callRecord(1, progNFS, 3, procRead, read(quickReadMax)), quick},
 		{"1 MiB READ", callRecord(1, progNFS, 3, procRead, read(1<<20)), callTraits{}},
 		{"READ without arguments", callRecord(1, progNFS, 3, procRead, nil), callTraits{}},
-		{"WRITE", callRecord(1, progNFS, 3, procWrite, fh), callTraits{}},
+		{"WRITE", callRecord(1, progNFS, 3, procWrite, fh), keep},
 		{"COMMIT", callRecord(1, progNFS, 3, procCommit, fh), callTraits{}},
 		{"CREATE", callRecord(1, progNFS, 3, procCreate, fh), keep},
 		{"REMOVE", callRecord(1, progNFS, 3, procRemove, fh), keep},
