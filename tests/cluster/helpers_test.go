@@ -496,6 +496,15 @@ func mountWithin(addr string, d time.Duration) (mounted, error) {
 // go-nfs-client's calls have no deadline of their own. On a timeout f is
 // left running, and its results are dropped.
 func within[T any](d time.Duration, what string, f func() (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return firstOf(f, ctx.Done(), func() error { return fmt.Errorf("%s: no answer within %v", what, d) })
+}
+
+// firstOf runs f on a goroutine of its own and returns its results, or
+// why() once stop is closed first (f's results, if already there, still
+// win); f is then left running, and its results dropped.
+func firstOf[T any](f func() (T, error), stop <-chan struct{}, why func() error) (T, error) {
 	type result struct {
 		v   T
 		err error
@@ -508,9 +517,14 @@ func within[T any](d time.Duration, what string, f func() (T, error)) (T, error)
 	select {
 	case r := <-done:
 		return r.v, r.err
-	case <-time.After(d):
+	case <-stop:
+		select {
+		case r := <-done:
+			return r.v, r.err
+		default:
+		}
 		var zero T
-		return zero, fmt.Errorf("%s: no answer within %v", what, d)
+		return zero, why()
 	}
 }
 

@@ -551,25 +551,5 @@ func mountOneConnWithin(addr string, d time.Duration) (mounted, error) {
 // up (it tries to connect again for seconds): f's call may then have
 // taken effect or not, and is left running.
 func untilBroken[T any](m *mounted, f func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := f()
-		done <- result{v, err}
-	}()
-	select {
-	case r := <-done:
-		return r.v, r.err
-	case <-m.broken:
-		select {
-		case r := <-done: // answered before the break
-			return r.v, r.err
-		default:
-		}
-		var zero T
-		return zero, errors.New("connection to the node broken")
-	}
+	return firstOf(f, m.broken, func() error { return errors.New("connection to the node broken") })
 }
