@@ -168,17 +168,24 @@ func (e *eventDelegate) toNode(n *memberlist.Node, state State) Node {
 	return node
 }
 
+// The Notify methods hold m.mu and ignore what memberlist reports once
+// the Membership is closed: its suspicion timers can still fire after
+// Shutdown, and nothing must be logged or published then.
+
 // NotifyJoin implements memberlist.EventDelegate.
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	m := (*Membership)(e)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	node := e.toNode(n, StateAlive)
 	ev := m.log.Info()
 	if node.ID == m.cfg.NodeID {
 		ev = m.log.Debug()
 	}
 	ev.Str("node", node.ID).Str("addr", node.Addr).Msg("node joined")
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	delete(m.leaving, node.ID)
 	m.view[node.ID] = node
 	m.publish(Event{Kind: EventJoin, Node: node})
@@ -187,10 +194,13 @@ func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 // NotifyUpdate implements memberlist.EventDelegate.
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	m := (*Membership)(e)
-	node := e.toNode(n, StateAlive)
-	m.log.Debug().Str("node", node.ID).Msg("node updated")
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	node := e.toNode(n, StateAlive)
+	m.log.Debug().Str("node", node.ID).Msg("node updated")
 	m.view[node.ID] = node
 	m.publish(Event{Kind: EventUpdate, Node: node})
 }
@@ -201,6 +211,9 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	m := (*Membership)(e)
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
 	at, announced := m.leaving[n.Name]
 	delete(m.leaving, n.Name)
 	kind, state := EventFail, StateDead

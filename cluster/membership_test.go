@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )
@@ -386,5 +387,41 @@ func TestStartErrors(t *testing.T) {
 	defer m.Close()
 	if err := m.Start(t.Context()); !errors.Is(err, ErrMetaTooLarge) {
 		t.Fatalf("Start with oversized facts: %v", err)
+	}
+}
+
+// What memberlist reports after Close (its suspicion timers can fire
+// after Shutdown) is neither logged nor published, nor does it change the
+// view.
+func TestNoEventsAfterClose(t *testing.T) {
+	var logs syncBuffer
+	cfg := newConfig("a")
+	cfg.Meta = func() Node { return facts("a") }
+	m, err := New(cfg, zerolog.New(&logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := logs.String()
+	late := &memberlist.Node{Name: "b", Addr: net.ParseIP("127.0.0.9"), Port: 7946, State: memberlist.StateDead}
+	d := (*eventDelegate)(m)
+	d.NotifyJoin(late)
+	d.NotifyUpdate(late)
+	d.NotifyLeave(late)
+	if after := logs.String(); after != before {
+		t.Errorf("logged after Close: %s", strings.TrimPrefix(after, before))
+	}
+	m.mu.Lock()
+	_, listed := m.view["b"]
+	m.mu.Unlock()
+	if listed {
+		t.Error("a node reported after Close is in the view")
 	}
 }
