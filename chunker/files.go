@@ -198,9 +198,11 @@ func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte,
 // place instead of copying them: when the range lies within one chunk,
 // whole (no hole, no bytes past the chunk's end), with no uncommitted write
 // over it, and the Blobs is a RangeViewer, it returns the verified bytes
-// and a function to call once they have been used, and ok. Otherwise ok is
-// false and nothing was read: the caller reads with ReadAt. n is clamped
-// to the file's size, as ReadAt clamps.
+// and a function to call once they have been used, and ok. A chunk the
+// Blobs cannot lend (chunk.ErrNoView) is read into a new buffer instead,
+// with the chunk map already read. Otherwise ok is false and nothing was
+// read: the caller reads with ReadAt. n is clamped to the file's size, as
+// ReadAt clamps.
 func (f *Files) ReadView(ctx context.Context, ino meta.Ino, size uint64, off int64, n int) (data []byte, release func(), ok bool, err error) {
 	v, isViewer := f.blobs.(RangeViewer)
 	if !isViewer || off < 0 || n <= 0 || uint64(off) >= size {
@@ -223,6 +225,16 @@ func (f *Files) ReadView(ctx context.Context, ino meta.Ino, size uint64, off int
 	}
 	ref := refs[i]
 	data, release, err = v.ViewRange(ctx, ref.ID, int64(start-idx*cs), int(end-start))
+	if rr, isReader := f.blobs.(RangeReader); isReader && errors.Is(err, chunk.ErrNoView) {
+		// Not lendable (a copy on another node, an old format): read
+		// it here with the reference in hand, rather than have the
+		// caller read the chunk map again (in a cluster, an etcd
+		// round trip).
+		data = make([]byte, end-start)
+		var k int
+		k, err = rr.ReadRange(ctx, ref.ID, data, int64(start-idx*cs))
+		data, release = data[:k], func() {}
+	}
 	switch {
 	case errors.Is(err, chunk.ErrNoView) || errors.Is(err, chunk.ErrNotFound):
 		// Not lendable, or replaced since the map was read (ReadAt

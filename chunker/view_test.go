@@ -2,6 +2,7 @@ package chunker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
 
@@ -84,4 +85,30 @@ func TestFilesReadView(t *testing.T) {
 	if _, ok, err := view(size, cs+3*BlockSize, 100); ok || !errors.Is(err, chunk.ErrCorrupt) {
 		t.Errorf("ReadView of a damaged block: %v, %v; want ErrCorrupt", ok, err)
 	}
+}
+
+// noViewStore is a LocalStore that lends nothing, like a cluster node
+// without a copy of the chunk.
+type noViewStore struct{ *LocalStore }
+
+func (noViewStore) ViewRange(context.Context, chunk.ID, int64, int) ([]byte, func(), error) {
+	return nil, nil, chunk.ErrNoView
+}
+
+// A chunk the store cannot lend is read by ReadView itself, with the chunk
+// map it already read, rather than left to ReadAt to look up again.
+func TestFilesReadViewReadsWhatIsNotLent(t *testing.T) {
+	ctx := t.Context()
+	s := noViewStore{openTestStore(t)}
+	f := NewFiles(chunkertest.NewNamespace(), s, DefaultChunkSize, testLogger(t))
+	const ino = meta.Ino(3)
+	data := pattern(DefaultChunkSize+100, 5)
+	if _, err := f.WriteAt(ctx, ino, data, 0); err != nil {
+		t.Fatal(err)
+	}
+	got, release, ok, err := f.ReadView(ctx, ino, uint64(len(data)), 1000, 70000)
+	if !ok || err != nil || !bytes.Equal(got, data[1000:71000]) {
+		t.Fatalf("ReadView of a chunk not lent: %d bytes, %v, %v; want the file's 70000 bytes", len(got), ok, err)
+	}
+	release()
 }
