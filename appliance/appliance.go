@@ -204,6 +204,16 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 	}
 	files := chunker.NewFiles(ns, blobs, cfg.Chunks.Size, log.With().Str("component", "files").Logger())
 	files.SetWriteBack(cfg.Chunks.WriteBack)
+	switch {
+	case !cfg.Chunks.WriteBehind:
+	case cfg.Repair.OrphanGrace < minGraceForWriteBehind:
+		log.Info().Dur("orphan_grace", cfg.Repair.OrphanGrace).
+			Msg("chunks.write_behind is off: repair.orphan_grace is under a minute")
+	default:
+		// An early copy waits for its commit as a chunk no file refers
+		// to: it is used only well within the orphan collection's grace.
+		files.SetWriteBehind(cfg.Repair.OrphanGrace / 2)
+	}
 	n.files = files
 
 	exports, err := cfg.NFS.nfsExports()
@@ -369,6 +379,11 @@ func (n *Node) commitOld(ctx context.Context, age time.Duration) {
 		}
 	}
 }
+
+// minGraceForWriteBehind is the shortest repair.orphan_grace with which
+// write-behind runs: its early copies are used for half the grace, which
+// must leave a wide margin for the commit that refers to them.
+const minGraceForWriteBehind = time.Minute
 
 // shutdownGrace is how long Serve waits for its components to stop
 // before it closes the etcd client under them.

@@ -154,6 +154,11 @@ type ChunkConfig struct {
 	// memory nor leaves data at risk for long, and other nodes see it. 0
 	// waits for the COMMIT (or the write_back limit).
 	WriteBackAge time.Duration `koanf:"write_back_age" validate:"min=0"`
+	// WriteBehind stores each chunk that UNSTABLE writes fill whole at
+	// once, in the background, so that the client's COMMIT (or the
+	// write_back limit) finds it stored and only records it: a large
+	// sequential write streams instead of stopping at every commit.
+	WriteBehind bool `koanf:"write_behind"`
 	// OpenFiles is how many chunk files a node keeps open, with their
 	// verified headers, so that a read of part of a chunk costs one pread
 	// of the 64 KiB blocks it covers (each still verified). 0 turns the
@@ -297,7 +302,7 @@ func DefaultConfig() Config {
 			Addr: "127.0.0.1:2049", OpTimeout: 30 * time.Second,
 			MaxConnections: 4096, MaxConnectionsPerClient: 64, IdleTimeout: 15 * time.Minute,
 		},
-		Chunks: ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20, WriteBackAge: 30 * time.Second, OpenFiles: 1024, OpenBytes: 16 << 20},
+		Chunks: ChunkConfig{Size: 1 << 20, WriteBack: 64 << 20, WriteBackAge: 30 * time.Second, WriteBehind: true, OpenFiles: 1024, OpenBytes: 16 << 20},
 		Etcd: EtcdConfig{
 			QuotaBytes: 2 << 30, CacheEntries: 65536, CompactionRetention: etcdmeta.DefaultCompactionRetention,
 			Voters: 3, PeerPort: 2380, ClientPort: 2379,

@@ -34,6 +34,17 @@ import (
 // the files written to that long ago, so that data a client never commits
 // (it crashed, or went away) neither waits in memory nor stays at risk
 // for long, and other nodes see it.
+//
+// Write-behind: a chunk that a run of writes has filled whole (the
+// sequential case) is stored at once, in the background, while the client
+// goes on writing; Commit then only waits for that store and records the
+// reference, instead of storing the chunk itself. Such an early copy is a
+// chunk no file refers to until Commit, like any chunk between its store
+// and its commit, so it is used only if Commit comes within
+// SetWriteBehind's age of its store (below the orphan collector's grace),
+// and deleted when the chunk is written again or the file is gone. The
+// bytes stay in the table until Commit, so nothing is lost if the early
+// store fails: Commit stores the chunk again.
 
 // maxCommitRefs bounds the chunk references of one namespace transaction
 // of Commit (far below etcd's operation limit); a file with more dirty
@@ -56,6 +67,28 @@ func (x extent) hi() uint64 { return x.lo + uint64(len(x.b)) }
 // disjoint extents, none touching the next.
 type dirtyChunk struct {
 	ext []extent
+	gen uint64 // counts the writes applied
+	// early is the background store of the chunk written whole, if one
+	// was started and not used or deleted yet. While it is set the
+	// extents' bytes are never changed in place (the store reads them).
+	early *earlyCopy
+}
+
+// earlyCopy is the background store of a dirty chunk written whole
+// (write-behind). Its fields other than done are set before done closes.
+type earlyCopy struct {
+	gen     uint64    // the chunk's gen when the store started
+	started time.Time // when the store started
+	done    chan struct{}
+	ref     chunk.Ref // the stored chunk, when err is nil
+	err     error
+}
+
+// wait waits for the store to end and returns its reference, or false
+// when it failed.
+func (e *earlyCopy) wait() (chunk.Ref, bool) {
+	<-e.done
+	return e.ref, e.err == nil
 }
 
 // dirtyFile is the uncommitted state of one file. Its chunks change only
@@ -75,6 +108,13 @@ type writeBack struct {
 	files map[meta.Ino]*dirtyFile
 	bytes int64 // memory held by extents
 	limit int64 // 0: write-back off
+	// earlyAge is how old an early copy may be when Commit uses it; 0
+	// turns write-behind off (SetWriteBehind).
+	earlyAge time.Duration
+	// earlySlots bounds the early stores in flight: a chunk filled when
+	// all are taken waits for Commit.
+	earlySlots chan struct{}
+	early      sync.WaitGroup // early stores in flight
 }
 
 // SetWriteBack sets how many bytes of UNSTABLE data may be held in memory
@@ -83,6 +123,21 @@ type writeBack struct {
 func (f *Files) SetWriteBack(limit int64) {
 	f.wb.mu.Lock()
 	f.wb.limit = max(limit, 0)
+	f.wb.mu.Unlock()
+}
+
+// SetWriteBehind turns write-behind on (maxAge > 0) or off (0): each
+// chunk that UNSTABLE writes fill whole is stored at once in the
+// background, and Commit uses that copy if it comes within maxAge of its
+// store. maxAge must stay well below the time after which the node's
+// orphan collection deletes a chunk no file refers to (half of it is
+// safe). Set it before serving.
+func (f *Files) SetWriteBehind(maxAge time.Duration) {
+	f.wb.mu.Lock()
+	f.wb.earlyAge = max(maxAge, 0)
+	if f.wb.earlySlots == nil {
+		f.wb.earlySlots = make(chan struct{}, commitParallel)
+	}
 	f.wb.mu.Unlock()
 }
 
@@ -131,12 +186,13 @@ func (f *Files) WriteUnstable(ctx context.Context, ino meta.Ino, p []byte, off i
 		return meta.Attr{}, false, err
 	}
 	copies, _ := chunk.CopiesFrom(ctx)
-	f.buffer(ino, copies, p, uint64(off))
+	f.buffer(ctx, ino, copies, p, uint64(off))
 	return meta.Attr{}, false, nil
 }
 
-// buffer applies a write to the table, under ino's lock.
-func (f *Files) buffer(ino meta.Ino, copies int, p []byte, start uint64) {
+// buffer applies a write to the table, under ino's lock, and starts the
+// early store of the chunks it fills whole (write-behind).
+func (f *Files) buffer(ctx context.Context, ino meta.Ino, copies int, p []byte, start uint64) {
 	cs := f.chunkSize
 	end := start + uint64(len(p))
 	first, last := start/cs, (end-1)/cs
@@ -150,9 +206,11 @@ func (f *Files) buffer(ino meta.Ino, copies int, p []byte, start uint64) {
 		}
 		f.wb.files[ino] = df
 	}
+	behind := f.wb.earlyAge > 0
 	f.wb.mu.Unlock()
 
 	var grown int64
+	var whole []uint64
 	df.mu.Lock()
 	for idx := first; idx <= last; idx++ {
 		cStart := idx * cs
@@ -164,6 +222,9 @@ func (f *Files) buffer(ino meta.Ino, copies int, p []byte, start uint64) {
 			df.chunks[idx] = dc
 		}
 		grown += dc.add(lo, p[cStart+lo-start:cStart+hi-start])
+		if behind && dc.early == nil && dc.whole(cs) {
+			whole = append(whole, idx)
+		}
 	}
 	df.size = max(df.size, end)
 	df.mtime = time.Now().UnixNano()
@@ -172,12 +233,51 @@ func (f *Files) buffer(ino meta.Ino, copies int, p []byte, start uint64) {
 	f.wb.mu.Lock()
 	f.wb.bytes += grown
 	f.wb.mu.Unlock()
+	for _, idx := range whole {
+		f.storeEarly(ctx, ino, df, idx)
+	}
+}
+
+// storeEarly starts the background store of chunk idx of df, written
+// whole, if a slot is free; otherwise Commit stores it. The caller holds
+// ino's lock. The store runs with ctx's values (the copy count) but not
+// its end: the write it came from is answered before the store ends.
+func (f *Files) storeEarly(ctx context.Context, ino meta.Ino, df *dirtyFile, idx uint64) {
+	select {
+	case f.wb.earlySlots <- struct{}{}:
+	default:
+		return
+	}
+	df.mu.Lock()
+	dc := df.chunks[idx]
+	e := &earlyCopy{gen: dc.gen, started: time.Now(), done: make(chan struct{})}
+	dc.early = e
+	data := dc.ext[0].b // not changed in place from now on (add)
+	df.mu.Unlock()
+	e.ref = chunk.Ref{Index: idx, ID: chunk.NewID(), Len: uint32(len(data))}
+	ctx = context.WithoutCancel(ctx)
+	f.wb.early.Go(func() {
+		defer func() { <-f.wb.earlySlots }()
+		defer close(e.done)
+		e.ref.Sum, e.err = f.blobs.Put(ctx, e.ref.ID, data)
+		if e.err != nil {
+			f.log.Warn().Err(e.err).Uint64("ino", uint64(ino)).Uint64("index", idx).
+				Msg("write-behind: chunk not stored early; the commit stores it")
+		}
+	})
+}
+
+// whole reports whether the extents cover the chunk [0, cs) in one.
+func (dc *dirtyChunk) whole(cs uint64) bool {
+	return len(dc.ext) == 1 && dc.ext[0].lo == 0 && uint64(len(dc.ext[0].b)) == cs
 }
 
 // add records src written at lo and returns how many bytes of memory the
 // extents grew by. A write that continues the extent before it (the
-// common sequential case) is appended to it.
+// common sequential case) is appended to it, in place unless an early
+// store may be reading it.
 func (dc *dirtyChunk) add(lo uint64, src []byte) int64 {
+	dc.gen++
 	hi := lo + uint64(len(src))
 	before := dc.capacity()
 	// The extents that overlap or touch [lo, hi) are replaced by one.
@@ -192,7 +292,7 @@ func (dc *dirtyChunk) add(lo uint64, src []byte) int64 {
 	}
 	nlo, nhi := min(lo, dc.ext[i].lo), max(hi, dc.ext[j-1].hi())
 	var b []byte
-	if first := dc.ext[i]; first.lo == nlo && uint64(cap(first.b)) >= nhi-nlo {
+	if first := dc.ext[i]; dc.early == nil && first.lo == nlo && uint64(cap(first.b)) >= nhi-nlo {
 		b = first.b[:nhi-nlo] // grows in place; the old bytes stay put
 	} else {
 		b = make([]byte, nhi-nlo, max(nhi-nlo, 2*uint64(len(first.b))))
@@ -285,8 +385,8 @@ func (f *Files) Commit(ctx context.Context, ino meta.Ino) (attr meta.Attr, ok bo
 	return f.commitLocked(ctx, ino)
 }
 
-// CommitAll commits every file of the table, as on shutdown; it returns
-// the failures joined.
+// CommitAll commits every file of the table, as on shutdown, and waits
+// for the early stores in flight; it returns the failures joined.
 func (f *Files) CommitAll(ctx context.Context) error {
 	f.wb.mu.Lock()
 	inos := slices.Collect(maps.Keys(f.wb.files))
@@ -297,6 +397,9 @@ func (f *Files) CommitAll(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	// Early stores of files that failed to commit end too (their copies
+	// stay for the next Commit, or the orphan collection).
+	f.wb.early.Wait()
 	return errors.Join(errs...)
 }
 
@@ -352,12 +455,12 @@ func (f *Files) commitLocked(ctx context.Context, ino meta.Ino) (meta.Attr, bool
 		var err error
 		if attr, err = f.commitBatch(ctx, ino, df, batch, size); err != nil {
 			if errors.Is(err, meta.ErrStale) || errors.Is(err, meta.ErrNotFound) {
-				f.forget(ino, df, nil)
+				f.forget(ctx, ino, df, nil)
 			}
 			return meta.Attr{}, false, fmt.Errorf("commit inode %d: %w", ino, err)
 		}
 	}
-	f.forget(ino, df, nil)
+	f.forget(ctx, ino, df, nil)
 	return attr, true, nil
 }
 
@@ -375,7 +478,7 @@ func (f *Files) commitBatch(ctx context.Context, ino meta.Ino, df *dirtyFile, id
 		}
 		attr, freed, err := f.ns.CommitWrite(ctx, ino, refs, expect, size)
 		if err == nil {
-			f.forget(ino, df, idxs)
+			f.forget(ctx, ino, df, idxs)
 			f.deleteFreed(ctx, ino, freed)
 			return attr, nil
 		}
@@ -404,13 +507,26 @@ func (f *Files) storeDirty(ctx context.Context, ino meta.Ino, df *dirtyFile, idx
 	errs := make([]error, len(idxs))
 	sem := make(chan struct{}, commitParallel)
 	var wg sync.WaitGroup
+	var stale []chunk.Ref // early copies not used
 	for i, idx := range idxs {
 		df.mu.Lock()
 		dc := df.chunks[idx]
+		e := dc.early
+		dc.early = nil // used below, or deleted
 		df.mu.Unlock()
 		old := base[idx]
-		refs[i] = chunk.Ref{Index: idx, ID: chunk.NewID()}
 		expect[i] = meta.Expect{Index: idx, ID: old.ID}
+		if e != nil {
+			ref, ok := e.wait()
+			if ok && e.gen == dc.gen && time.Since(e.started) < f.earlyAge() {
+				refs[i] = ref // the chunk as it is now, stored: no merge to do
+				continue
+			}
+			if ok {
+				stale = append(stale, ref) // written again since, or too old
+			}
+		}
+		refs[i] = chunk.Ref{Index: idx, ID: chunk.NewID()}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
@@ -424,11 +540,19 @@ func (f *Files) storeDirty(ctx context.Context, ino meta.Ino, df *dirtyFile, idx
 		})
 	}
 	wg.Wait()
+	f.discard(ctx, ino, stale)
 	if err := errors.Join(errs...); err != nil {
 		f.discard(ctx, ino, refs)
 		return nil, nil, fmt.Errorf("store %d chunks: %w", len(refs), err)
 	}
 	return refs, expect, nil
+}
+
+// earlyAge is SetWriteBehind's maxAge.
+func (f *Files) earlyAge() time.Duration {
+	f.wb.mu.Lock()
+	defer f.wb.mu.Unlock()
+	return f.wb.earlyAge
 }
 
 // mergeDirty returns the new content of a chunk: the verified bytes of
@@ -452,12 +576,13 @@ func (f *Files) mergeDirty(ctx context.Context, ino meta.Ino, old chunk.Ref, dc 
 }
 
 // forget removes the chunks idxs of df from the table (all of them when
-// idxs is nil), and the file when none is left.
-func (f *Files) forget(ino meta.Ino, df *dirtyFile, idxs []uint64) {
+// idxs is nil), and the file when none is left. The caller holds ino's
+// lock. Early copies of the chunks removed that no commit used are
+// deleted (after their store ends).
+func (f *Files) forget(ctx context.Context, ino meta.Ino, df *dirtyFile, idxs []uint64) {
+	var early []*earlyCopy
 	f.wb.mu.Lock()
-	defer f.wb.mu.Unlock()
 	df.mu.Lock()
-	defer df.mu.Unlock()
 	if idxs == nil {
 		idxs = slices.Collect(maps.Keys(df.chunks))
 	}
@@ -465,11 +590,23 @@ func (f *Files) forget(ino meta.Ino, df *dirtyFile, idxs []uint64) {
 		if dc := df.chunks[idx]; dc != nil {
 			f.wb.bytes -= dc.capacity()
 			delete(df.chunks, idx)
+			if dc.early != nil {
+				early = append(early, dc.early)
+			}
 		}
 	}
 	if len(df.chunks) == 0 && f.wb.files[ino] == df {
 		delete(f.wb.files, ino)
 	}
+	df.mu.Unlock()
+	f.wb.mu.Unlock()
+	var unused []chunk.Ref
+	for _, e := range early {
+		if ref, ok := e.wait(); ok {
+			unused = append(unused, ref)
+		}
+	}
+	f.discard(ctx, ino, unused)
 }
 
 // pendingIn returns copies of the uncommitted bytes of ino within [start,

@@ -14,8 +14,9 @@ import (
 // writeBackChunk is the chunk size of writeBackFiles.
 const writeBackChunk = 64 << 10
 
-// writeBackFiles returns Files with write-back on (16 chunks), over a
-// fake namespace and a local store, with them.
+// writeBackFiles returns Files with write-back on (16 chunks) and
+// write-behind on, as a node runs, over a fake namespace and a local
+// store, with them.
 func writeBackFiles(t *testing.T) (*Files, *chunkertest.Namespace, *LocalStore) {
 	t.Helper()
 	s, err := OpenLocal(t.TempDir(), testLogger(t))
@@ -25,6 +26,7 @@ func writeBackFiles(t *testing.T) (*Files, *chunkertest.Namespace, *LocalStore) 
 	ns := chunkertest.NewNamespace()
 	f := NewFiles(ns, s, writeBackChunk, testLogger(t))
 	f.SetWriteBack(16 * writeBackChunk)
+	f.SetWriteBehind(time.Hour)
 	return f, ns, s
 }
 
@@ -125,6 +127,8 @@ func TestWriteBack(t *testing.T) {
 	if err := f.CommitAll(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Early copies were used or deleted: none is left behind.
+	onlyReferenced(t, ns, s, ino)
 }
 
 // TestDirtyChunkExtents checks the extent list against a byte model.

@@ -19,6 +19,7 @@ import (
 type Namespace struct {
 	mu        sync.Mutex
 	files     map[meta.Ino]*file
+	removed   map[meta.Ino]bool
 	commits   int
 	attrReads int
 }
@@ -59,6 +60,32 @@ func (n *Namespace) Refs(ino meta.Ino) []chunk.Ref {
 	return out
 }
 
+// Remove removes ino, as an unlink of its last name does, and returns its
+// chunk references: from then on every call on ino fails with
+// meta.ErrStale.
+func (n *Namespace) Remove(ino meta.Ino) meta.Freed {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var freed meta.Freed
+	for _, r := range n.file(ino).refs {
+		freed = append(freed, r)
+	}
+	delete(n.files, ino)
+	if n.removed == nil {
+		n.removed = make(map[meta.Ino]bool)
+	}
+	n.removed[ino] = true
+	return freed
+}
+
+// gone fails with meta.ErrStale if ino was removed.
+func (n *Namespace) gone(ino meta.Ino) error {
+	if n.removed[ino] {
+		return meta.ErrStale
+	}
+	return nil
+}
+
 // SetRef replaces one chunk reference behind the chunker's back.
 func (n *Namespace) SetRef(ino meta.Ino, r chunk.Ref) {
 	n.mu.Lock()
@@ -85,6 +112,9 @@ func (n *Namespace) GetAttr(_ context.Context, ino meta.Ino) (meta.Attr, error) 
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.attrReads++
+	if err := n.gone(ino); err != nil {
+		return meta.Attr{}, err
+	}
 	return n.file(ino).attr(ino), nil
 }
 
@@ -99,6 +129,9 @@ func (n *Namespace) Commits() int {
 func (n *Namespace) Chunks(_ context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := n.gone(ino); err != nil {
+		return nil, err
+	}
 	var out []chunk.Ref
 	for idx, r := range n.file(ino).refs {
 		if idx >= first && idx <= last {
@@ -109,8 +142,12 @@ func (n *Namespace) Chunks(_ context.Context, ino meta.Ino, first, last uint64) 
 	return out, nil
 }
 
-// check fails with meta.ErrConflict if an expected entry changed.
+// check fails with meta.ErrStale if ino was removed, and with
+// meta.ErrConflict if an expected entry changed.
 func (n *Namespace) check(ino meta.Ino, expect []meta.Expect) error {
+	if err := n.gone(ino); err != nil {
+		return err
+	}
 	for _, e := range expect {
 		if n.file(ino).refs[e.Index].ID != e.ID {
 			return meta.ErrConflict
