@@ -227,6 +227,17 @@ func (s *LocalStore) put(ctx context.Context, id chunk.ID, data []byte, sum *chu
 	if uint64(len(data)) > MaxChunkLen {
 		return chunk.Sum{}, fmt.Errorf("chunk store %s: put chunk %s: %d bytes exceeds the %d-byte limit", s.dir, id, len(data), uint64(MaxChunkLen))
 	}
+	return s.store(id, func(f *os.File) ([]byte, chunk.Sum, error) {
+		return writeSyncClose(f, id, data, sum)
+	})
+}
+
+// store makes chunk id durable with the contents fill writes into a new
+// temporary file (fill syncs and closes it, and returns the header it
+// wrote and the data's checksum): the file is renamed into place and the
+// directory synced. If fill fails, the file is removed and nothing is
+// stored.
+func (s *LocalStore) store(id chunk.ID, fill func(f *os.File) ([]byte, chunk.Sum, error)) (chunk.Sum, error) {
 	sub, rel := relPath(id)
 	tmp := sub + "/" + tmpPrefix + id.String() + "-" + chunk.NewID().String()[:16]
 
@@ -234,7 +245,7 @@ func (s *LocalStore) put(ctx context.Context, id chunk.ID, data []byte, sum *chu
 	if err != nil {
 		return chunk.Sum{}, s.putErr(id, "create temporary file", err)
 	}
-	hdr, stored, err := writeSyncClose(f, id, data, sum)
+	hdr, stored, err := fill(f)
 	if err != nil {
 		if rerr := s.root.Remove(tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 			s.log.Warn().Err(rerr).Str("chunk", id.String()).Msg("remove temporary chunk file")

@@ -31,6 +31,9 @@ var (
 	// format, a system without mappings, a copy on another node); they
 	// can still be read into a buffer.
 	ErrNoView = errors.New("chunk cannot be read in place")
+	// ErrSumMismatch means bytes given to be stored do not have the
+	// checksum given with them; nothing was stored.
+	ErrSumMismatch = errors.New("chunk data does not match its checksum")
 )
 
 // IDSize is the length of a chunk ID in bytes.

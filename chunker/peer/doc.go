@@ -32,7 +32,10 @@
 // larger than its MaxChunk before reading it (413), reads the body, checks
 // its sum against the header (422 on mismatch; nothing is stored), stores
 // the chunk durably and only then answers 201 Created with the sum in
-// X-Wormhole-Sum. Putting an ID again replaces the chunk (IDs are never
+// X-Wormhole-Sum. A store that can (chunker.LocalStore.PutFrom) writes
+// the body to a temporary file as it arrives and hashes it on the way, so
+// that receiving and writing overlap; the file is put in place only once
+// the whole body has the sum. Putting an ID again replaces the chunk (IDs are never
 // reused for different bytes), so a retried PUT is safe.
 //
 // GET: 200 with the data, its Content-Length and X-Wormhole-Sum. The server

@@ -51,6 +51,15 @@ type summedStore interface {
 	PutSummed(ctx context.Context, id chunk.ID, data []byte, sum chunk.Sum) error
 }
 
+// streamStore is implemented by stores that can store a chunk while its
+// bytes arrive, checking them against their sum on the way
+// (chunker.LocalStore): receiving, hashing and writing then overlap. A
+// mismatch fails with an error wrapping chunk.ErrSumMismatch; a read
+// error of r is returned wrapped.
+type streamStore interface {
+	PutFrom(ctx context.Context, id chunk.ID, r io.Reader, n int64, want chunk.Sum) error
+}
+
 // hasStore is implemented by stores that can tell whether they hold a
 // good copy of a chunk without returning it. Stores without it answer HEAD
 // by reading (and so verifying) the chunk.
@@ -260,6 +269,10 @@ func (s *Server) put(ctx context.Context, w http.ResponseWriter, r *http.Request
 		return fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	body := http.MaxBytesReader(w, r.Body, s.opts.MaxChunk)
+	if ss, ok := s.store.(streamStore); ok && r.ContentLength >= 0 {
+		// The length was checked against MaxChunk before.
+		return s.putStream(ctx, w, ss, id, &readErr{r: body}, r.ContentLength, want)
+	}
 	var data []byte
 	if r.ContentLength >= 0 {
 		data = make([]byte, r.ContentLength)
@@ -295,6 +308,41 @@ func (s *Server) put(ctx context.Context, w http.ResponseWriter, r *http.Request
 	w.Header().Set(SumHeader, hex.EncodeToString(stored[:]))
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// putStream serves a PUT of n bytes into a store that writes them as they
+// arrive.
+func (s *Server) putStream(ctx context.Context, w http.ResponseWriter, ss streamStore, id chunk.ID, body *readErr, n int64, want chunk.Sum) error {
+	err := ss.PutFrom(ctx, id, body, n, want)
+	switch {
+	case err == nil:
+	case body.err != nil && !errors.Is(body.err, io.EOF):
+		return fmt.Errorf("%w: read body: %w", ErrBadRequest, body.err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: body shorter than its %d-byte length: %w", ErrBadRequest, n, err)
+	case errors.Is(err, chunk.ErrSumMismatch):
+		return fmt.Errorf("%w: %w", ErrSumMismatch, err)
+	default:
+		return err
+	}
+	w.Header().Set(SumHeader, hex.EncodeToString(want[:]))
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// readErr is a reader that keeps the first error its reader returned, so
+// that a failure to receive is told from a failure to store.
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // get serves GET: the verified data and its sum.
