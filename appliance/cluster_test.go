@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -423,5 +424,98 @@ func TestSingleNodeBecomesCluster(t *testing.T) {
 	v2 := mount(t, n2)
 	if got := readAll(t, v2, "/f.bin"); !bytes.Equal(got, data) {
 		t.Fatal("/f.bin read through the joined node differs")
+	}
+}
+
+// TestPostureFollowsMembership: the posture is assessed again as soon as a
+// node goes or comes back, not only at the next interval (set to an hour
+// here, so only that can change it): with a chunk only on a stopped node,
+// writes through the other are refused (read-only) until it is back.
+func TestPostureFollowsMembership(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	c1.Redundancy.Copies, c2.Redundancy.Copies = 1, 1
+	// n2 runs no etcd member: with it gone, etcd keeps its quorum.
+	c1.Etcd.Voters, c2.Etcd.Voters = 1, 1
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1 := serveWith(t, c1, func(n *appliance.Node) { appliance.SetPostureInterval(n, time.Hour) })
+	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	_, stop2 := start(t, c2)
+	waitStatus(t, n1, "two nodes alive", func(s appliance.Status) bool { return alive(s) == 2 })
+
+	// Chunks land on both nodes (one copy each, spread by placement).
+	v := mount(t, n1)
+	writeAll(t, v, "/spread.bin", make([]byte, 8<<20))
+	wh, err := n1.Where(ctx, "/spread.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	onN2 := false
+	for _, c := range wh.Chunks {
+		onN2 = onN2 || slices.Contains(c.Holders, "n2")
+	}
+	if !onN2 {
+		t.Fatal("no chunk of an 8-chunk file placed on n2")
+	}
+
+	stop2()
+	waitWrite(t, v, "/while-n2-away", func(err error) bool {
+		var ne *nfsc.Error
+		return errors.As(err, &ne) && ne.ErrorNum == nfsc.NFS3ErrROFS
+	}, "refused with NFS3ERR_ROFS once n2 is gone")
+
+	serve(t, c2)
+	waitWrite(t, v, "/n2-back", func(err error) bool { return err == nil }, "accepted once n2 is back")
+}
+
+// serveWith starts a node from cfg, calls before on it before it serves,
+// and stops it when the test ends.
+func serveWith(t *testing.T, cfg appliance.Config, before func(*appliance.Node)) *appliance.Node {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	n, err := appliance.Start(ctx, cfg, testLogger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", cfg.Node.ID, err)
+	}
+	before(n)
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve %s: %v", cfg.Node.ID, err)
+		}
+		n.Close()
+	})
+	return n
+}
+
+// waitWrite writes a small file at p through v until ok accepts the
+// write's error, for 30 s at most.
+func waitWrite(t *testing.T, v *nfsc.Target, p string, ok func(error) bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f, err := v.OpenFile(p, 0o644)
+		if err == nil {
+			_, err = f.Write([]byte("x"))
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if ok(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("write of %s not %s within 30s: last error %v", p, what, err)
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
 	}
 }

@@ -270,7 +270,7 @@ func (n *Node) startCluster(ctx context.Context) error {
 	if c.replica, err = replica.New(rcfg, n.store, replicaView{c}, c.dialer, n.log.With().Str("component", "replica").Logger()); err != nil {
 		return fmt.Errorf("redundancy: %w", err)
 	}
-	n.gate = &postureGate{}
+	n.gate = newPostureGate()
 	if c.repair, err = n.newRepair(); err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
@@ -445,9 +445,10 @@ func (n *Node) watchMembership(ctx context.Context) {
 		if err := n.refreshView(ctx); err != nil && ctx.Err() == nil {
 			n.log.Debug().Err(err).Msg("refresh node records")
 		}
-		// The posture must follow a lost node within one assessment,
-		// not once the census is a minute old.
+		// The posture must follow a node lost or back at once, not at
+		// the next interval with a census up to a minute old.
 		n.cl.census.invalidate()
+		n.gate.reassess()
 		n.kickRepair()
 	}
 }

@@ -45,6 +45,25 @@ type postureGate struct {
 	cur atomic.Pointer[posture.Assessment]
 	// quorum turns the quorum probes into the MetaQuorum fact.
 	quorum quorumWatch
+	// kick asks the posture loop for an assessment now (a node came or
+	// went); sends do not block, and kicks made meanwhile make one.
+	kick chan struct{}
+	// every is the pause between assessments: postureInterval.
+	every time.Duration
+}
+
+// newPostureGate returns a gate that serves everything until its first
+// assessment.
+func newPostureGate() *postureGate {
+	return &postureGate{kick: make(chan struct{}, 1), every: postureInterval}
+}
+
+// reassess asks for an assessment without waiting for the next interval.
+func (g *postureGate) reassess() {
+	select {
+	case g.kick <- struct{}{}:
+	default: // one is already asked for
+	}
 }
 
 // quorumWatch debounces the metadata quorum probes; see quorumLossAfter.
@@ -154,9 +173,13 @@ func (n *Node) assess(ctx context.Context) posture.Assessment {
 }
 
 // postureLoop keeps the gate's posture up to date: postures lift by
-// themselves when the situation improves.
+// themselves when the situation improves. It assesses every interval, and
+// at once when a node comes or goes (reassess), so that clients see a
+// crisis posture as soon as the facts call for it, and no longer: after a
+// whole cluster restarts, a node that started first and found itself
+// alone stays read-only only until the others are back.
 func (n *Node) postureLoop(ctx context.Context) {
-	t := time.NewTicker(postureInterval)
+	t := time.NewTicker(n.gate.every)
 	defer t.Stop()
 	for {
 		a := n.assess(ctx)
@@ -176,6 +199,7 @@ func (n *Node) postureLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-n.gate.kick:
 		}
 	}
 }
