@@ -28,7 +28,7 @@ type createReq struct {
 // create of a regular file, answered with the existing file, as are
 // names created twice in the batch.
 func (s *Store) createBatch(ctx context.Context, dir meta.Ino, batch []*createReq) error {
-	return s.run(ctx, batchOp("create", batch[0].name, len(batch), dir), func(t *tx) error {
+	return s.runWrite(ctx, batchOp("create", batch[0].name, len(batch), dir), func(t *tx) error {
 		keys := []string{s.keys.ino(dir)}
 		for _, r := range batch {
 			r.out, r.err = meta.Attr{}, nil
@@ -114,7 +114,7 @@ type unlinkReq struct {
 // (ErrNotFound). Names that are hard links of one file each drop a link,
 // and the file goes with the last.
 func (s *Store) unlinkBatch(ctx context.Context, dir meta.Ino, batch []*unlinkReq) error {
-	return s.run(ctx, batchOp("unlink", batch[0].name, len(batch), dir), func(t *tx) error {
+	return s.runWrite(ctx, batchOp("unlink", batch[0].name, len(batch), dir), func(t *tx) error {
 		keys := []string{s.keys.ino(dir)}
 		for _, r := range batch {
 			r.freed, r.err = nil, nil

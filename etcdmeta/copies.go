@@ -39,7 +39,7 @@ func (s *Store) SetCopies(ctx context.Context, ino meta.Ino, copies uint8, recur
 		return 0, fmt.Errorf("%s: at most %d: %w", op, meta.MaxCopies, meta.ErrInvalid)
 	}
 	var isDir bool
-	err = s.run(ctx, op, func(t *tx) error {
+	err = s.runWrite(ctx, op, func(t *tx) error {
 		changed = 0
 		a, ok, err := t.inode(ctx, ino)
 		if err != nil {
@@ -133,7 +133,7 @@ func (s *Store) setCopiesOf(ctx context.Context, op string, ents []meta.Entry, c
 // skipped.
 func (s *Store) setCopiesTx(ctx context.Context, op string, inos []meta.Ino, copies uint8) (int, error) {
 	n := 0
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		n = 0
 		if err := t.loadInodes(ctx, inos...); err != nil {
 			return err

@@ -358,7 +358,7 @@ func (s *Store) Link(ctx context.Context, ino meta.Ino, dir meta.Ino, name strin
 		return meta.Attr{}, fmt.Errorf("%s: %w", op, err)
 	}
 	var out meta.Attr
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		if err := t.load(ctx, s.keys.ino(ino), s.keys.ino(dir), s.keys.dentry(dir, name)); err != nil {
 			return err
 		}
@@ -442,7 +442,7 @@ func (s *Store) Rmdir(ctx context.Context, dir meta.Ino, name string) error {
 	if err := validName(name); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	return s.run(ctx, op, func(t *tx) error {
+	return s.runWrite(ctx, op, func(t *tx) error {
 		if err := t.load(ctx, s.keys.ino(dir), s.keys.dentry(dir, name)); err != nil {
 			return err
 		}
@@ -497,7 +497,7 @@ func (s *Store) Rename(ctx context.Context, fromDir meta.Ino, fromName string, t
 		return nil, fmt.Errorf("%s: %w", op, err)
 	}
 	var freed meta.Freed
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		freed = nil
 		var err error
 		freed, err = t.rename(ctx, fromDir, fromName, toDir, toName)
@@ -645,7 +645,7 @@ func (s *Store) SetAttr(ctx context.Context, ino meta.Ino, args meta.SetAttrArgs
 		return meta.Attr{}, fmt.Errorf("%s: mode %o: %w", op, *args.Mode, meta.ErrInvalid)
 	}
 	var out meta.Attr
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		a, ok, err := t.inode(ctx, ino)
 		if err != nil {
 			return err
@@ -812,7 +812,7 @@ func (s *Store) CommitWrite(ctx context.Context, ino meta.Ino, refs []chunk.Ref,
 	ks = append(ks, s.expectKeys(ino, expect)...)
 	var out meta.Attr
 	var freed meta.Freed
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		freed = nil
 		t.assumeExpectedAbsent(ino, expect)
 		if err := t.load(ctx, ks...); err != nil {
@@ -871,7 +871,7 @@ func (s *Store) Truncate(ctx context.Context, ino meta.Ino, size uint64, chunkSi
 	}
 	var out meta.Attr
 	var freed meta.Freed
-	err := s.run(ctx, op, func(t *tx) error {
+	err := s.runWrite(ctx, op, func(t *tx) error {
 		freed = nil
 		ks := []string{s.keys.ino(ino)}
 		if tail != nil {

@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
@@ -36,7 +38,20 @@ func etcdErr(op string, err error) error {
 	if errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) {
 		return fmt.Errorf("%s: %w (etcd: %w)", op, meta.ErrNoSpace, err)
 	}
+	if unavailable(err) {
+		return fmt.Errorf("%s: %w (etcd: %w)", op, meta.ErrUnavailable, err)
+	}
 	return fmt.Errorf("%s: etcd: %w", op, err)
+}
+
+// unavailable reports an etcd error that says "not now": no leader, a
+// leader change, a proposal that timed out, a member that cannot be
+// reached (gRPC's Unavailable).
+func unavailable(err error) bool {
+	if ee, ok := errors.AsType[rpctypes.EtcdError](err); ok {
+		return ee.Code() == codes.Unavailable
+	}
+	return status.Code(err) == codes.Unavailable
 }
 
 // backoff waits a short random time that grows with attempt, or until ctx
@@ -54,6 +69,22 @@ func backoff(ctx context.Context, attempt int) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// pendingOps returns the writes commit would send: the operations added
+// and the inodes changed or deleted.
+func (t *tx) pendingOps() []clientv3.Op {
+	ops := slices.Clip(t.ops)
+	for _, ino := range t.order {
+		st := t.inodes[ino]
+		switch {
+		case st.deleted:
+			ops = append(ops, clientv3.OpDelete(t.s.keys.ino(ino)))
+		case st.dirty:
+			ops = append(ops, clientv3.OpPut(t.s.keys.ino(ino), string(encodeInode(st.attr))))
+		}
+	}
+	return ops
 }
 
 // kv is one key as a transaction attempt read it. modRev 0 means absent.
@@ -76,6 +107,11 @@ type tx struct {
 	read map[string]kv
 	cmps []clientv3.Cmp // conditions beyond read's (new inodes' absence)
 	ops  []clientv3.Op
+	// optimistic makes the attempt's current reads serializable: the
+	// member the client talks to answers from what it has applied,
+	// without a round of raft's read index to confirm it is current
+	// (runWrite).
+	optimistic bool
 
 	inodes map[meta.Ino]*inodeState
 	order  []meta.Ino // inodes in load order, for deterministic commits
@@ -123,6 +159,36 @@ func (s *Store) run(ctx context.Context, op string, attempt func(t *tx) error) e
 	return fmt.Errorf("%s: %w", op, errContention)
 }
 
+// runWrite is run for operations that change the namespace. On a cluster
+// (more than one etcd member, no cache) their first attempt reads
+// optimistically: the local member's applied state (serializable reads,
+// no read-index round trip, which costs a heartbeat exchange with the
+// leader). A member that lags can only make the commit's conditions fail,
+// since they hold every key read at its mod revision. Such an attempt
+// counts only if its conditional commit succeeds: one that ends any other
+// way (an error decided from what it read, like "exists" or "not found",
+// or nothing to write, whose result would be returned unchecked) is done
+// again with current reads, at once, as are the attempts after it. A
+// member that took a write answers it only once it has applied it, so
+// this node reads its own writes.
+func (s *Store) runWrite(ctx context.Context, op string, attempt func(t *tx) error) error {
+	if s.soleMember || s.cache != nil {
+		return s.run(ctx, op, attempt) // current reads are local already
+	}
+	t := s.newTx()
+	t.optimistic = true
+	if err := attempt(t); err == nil && len(t.pendingOps()) > 0 {
+		ok, err := t.commit(ctx)
+		if err != nil {
+			return etcdErr(op, err)
+		}
+		if ok {
+			return nil
+		}
+	}
+	return s.run(ctx, op, attempt)
+}
+
 // load reads the keys not read yet, all in one round trip at the snapshot
 // revision (the first load picks it), and records them in t.read (on
 // which commit conditions a write).
@@ -153,9 +219,12 @@ func (t *tx) load(ctx context.Context, keys ...string) error {
 	}
 	ops := make([]clientv3.Op, 0, len(want))
 	for _, k := range want {
-		if t.rev == 0 {
+		switch {
+		case t.rev == 0 && t.optimistic:
+			ops = append(ops, clientv3.OpGet(k, clientv3.WithSerializable()))
+		case t.rev == 0:
 			ops = append(ops, clientv3.OpGet(k))
-		} else {
+		default:
 			ops = append(ops, clientv3.OpGet(k, clientv3.WithRev(t.rev), clientv3.WithSerializable()))
 		}
 	}
@@ -209,8 +278,13 @@ func (t *tx) readErr(err error) error {
 // (the directory inode for entries, the file inode for chunk refs).
 func (t *tx) rangeRead(ctx context.Context, from, end string, limit int, fn func(key string, val []byte) error) error {
 	if t.rev == 0 {
-		// Pin the snapshot with a cheap linearizable read.
-		resp, err := t.s.kv.Get(ctx, t.s.keys.nextIno(), clientv3.WithCountOnly())
+		// Pin the snapshot with a cheap linearizable read (serializable
+		// when the attempt is optimistic).
+		opts := []clientv3.OpOption{clientv3.WithCountOnly()}
+		if t.optimistic {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		resp, err := t.s.kv.Get(ctx, t.s.keys.nextIno(), opts...)
 		if err != nil {
 			return t.readErr(err)
 		}
@@ -375,16 +449,7 @@ func (t *tx) then(ops ...clientv3.Op) { t.ops = append(t.ops, ops...) }
 
 // commit writes the changes if nothing read has changed.
 func (t *tx) commit(ctx context.Context) (bool, error) {
-	ops := t.ops
-	for _, ino := range t.order {
-		st := t.inodes[ino]
-		switch {
-		case st.deleted:
-			ops = append(ops, clientv3.OpDelete(t.s.keys.ino(ino)))
-		case st.dirty:
-			ops = append(ops, clientv3.OpPut(t.s.keys.ino(ino), string(encodeInode(st.attr))))
-		}
-	}
+	ops := t.pendingOps()
 	if len(ops) == 0 {
 		return true, nil
 	}

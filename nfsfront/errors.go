@@ -64,9 +64,9 @@ func errnoOf(err error) syscall.Errno {
 		return syscall.EXDEV
 	case errors.Is(err, errNotSupported):
 		return syscall.ENOTSUP
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, chunk.ErrUnavailable):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, chunk.ErrUnavailable), errors.Is(err, meta.ErrUnavailable):
 		// Transient: the metadata store or chunk holders did not answer
-		// in time. EAGAIN becomes NFS3ERR_JUKEBOX, which clients retry
+		// in time, or etcd has no leader or quorum now. EAGAIN becomes NFS3ERR_JUKEBOX, which clients retry
 		// after a delay instead of failing the application's call.
 		return syscall.EAGAIN
 	}

@@ -27,6 +27,10 @@ var (
 	ErrStale       = errors.New("stale file handle")
 	ErrNoSpace     = errors.New("metadata space exhausted")
 	ErrTooManyLink = errors.New("too many links")
+	// ErrUnavailable means the metadata store could not take the change
+	// now (no leader, no quorum, a timed-out proposal); it may succeed
+	// if tried again. A change that failed so may still be applied.
+	ErrUnavailable = errors.New("metadata store unavailable, try again")
 	// ErrConflict means a chunk map entry a change was computed from has
 	// changed since (another node wrote the same chunk): nothing was
 	// applied, and the caller recomputes the change and tries again.
