@@ -62,6 +62,11 @@ type Status struct {
 	Repair *repair.Progress `json:"repair,omitempty"`
 	// Scrub is this node's scrubber; nil when scrub.rate is 0.
 	Scrub *ScrubStatus `json:"scrub,omitempty"`
+	// CertValidUntil is when this cluster node's certificate expires; the
+	// node renews it when a third of its validity is left.
+	CertValidUntil *time.Time `json:"cert_valid_until,omitempty"`
+	// CertRenewalError is why the last renewal that was due failed.
+	CertRenewalError string `json:"cert_renewal_error,omitempty"`
 }
 
 // Capacity is the chunk store's disk.

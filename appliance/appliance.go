@@ -25,6 +25,7 @@ import (
 	"github.com/wormhole-fs/wormhole/chunker"
 	"github.com/wormhole-fs/wormhole/chunker/chunk"
 	"github.com/wormhole-fs/wormhole/chunker/scrub"
+	"github.com/wormhole-fs/wormhole/cluster/pki"
 	"github.com/wormhole-fs/wormhole/cluster/posture"
 	"github.com/wormhole-fs/wormhole/etcdmeta"
 	"github.com/wormhole-fs/wormhole/etcdmeta/meta"
@@ -129,7 +130,8 @@ func Start(ctx context.Context, cfg Config, log zerolog.Logger) (_ *Node, err er
 		if err := checkAdvertise(cfg.Node.Advertise); err != nil {
 			return nil, err
 		}
-		n.cl = &clusterNode{st: st, adv: cfg.Node.Advertise}
+		n.cl = &clusterNode{st: st, adv: cfg.Node.Advertise,
+			renewal: certRenewal{every: certCheckInterval, validity: pki.DefaultNodeValidity}}
 		if n.cl.id, err = loadIdentity(dataDir); err != nil {
 			return nil, err
 		}

@@ -3,6 +3,8 @@ package appliance_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -288,28 +290,7 @@ func TestExternalEtcd(t *testing.T) {
 // called when the test ends, if not before).
 func start(t *testing.T, cfg appliance.Config) (*appliance.Node, func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, testLogger(t))
-	if err != nil {
-		cancel()
-		t.Fatalf("start %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
-		}
-		n.Close()
-	}
-	t.Cleanup(stop)
-	return n, stop
+	return startWith(t, cfg, func(*appliance.Node) {})
 }
 
 // mount mounts n's export as root, until the test ends.
@@ -478,22 +459,7 @@ func TestPostureFollowsMembership(t *testing.T) {
 // and stops it when the test ends.
 func serveWith(t *testing.T, cfg appliance.Config, before func(*appliance.Node)) *appliance.Node {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	n, err := appliance.Start(ctx, cfg, testLogger(t))
-	if err != nil {
-		cancel()
-		t.Fatalf("start %s: %v", cfg.Node.ID, err)
-	}
-	before(n)
-	done := make(chan error, 1)
-	go func() { done <- n.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve %s: %v", cfg.Node.ID, err)
-		}
-		n.Close()
-	})
+	n, _ := startWith(t, cfg, before)
 	return n
 }
 
@@ -518,4 +484,145 @@ func waitWrite(t *testing.T, v *nfsc.Target, p string, ok func(error) bool, what
 		}
 		time.Sleep(100 * time.Millisecond) // poll interval
 	}
+}
+
+// TestCertificatesRenewed: nodes renew their certificates before they
+// expire, on disk (for the next start), for their etcd member and for the
+// connections they make and take. Both nodes restart on certificates
+// that expire in 30 s; once those have expired, n2 restarts, connects to
+// n1's etcd member, and a file is written through it with a copy on each
+// node: every handshake presented a renewed certificate.
+func TestCertificatesRenewed(t *testing.T) {
+	ips := loopbackIPs(t, 2)
+	ctx := context.Background()
+	c1, c2 := clusterConfig(t, "n1", ips[0]), clusterConfig(t, "n2", ips[1])
+	// n1 alone runs an etcd member, so that either node restarts alone.
+	c1.Etcd.Voters, c2.Etcd.Voters = 1, 1
+	tok, err := appliance.Init(ctx, c1, time.Hour, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const validity = 30 * time.Second
+	shortLived := func(n *appliance.Node) { appliance.SetCertRenewal(n, 200*time.Millisecond, validity) }
+	n1, stop1 := startWith(t, c1, shortLived)
+	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	n2, stop2 := startWith(t, c2, shortLived)
+	waitStatus(t, n1, "two nodes alive", func(s appliance.Status) bool { return alive(s) == 2 })
+
+	// Certificates that expire in 30 s, then restarts on them: from now
+	// on nothing presents the year-long ones made at init and join.
+	var expire time.Time
+	for _, n := range []*appliance.Node{n1, n2} {
+		if err := appliance.RenewCert(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		expire = later(expire, appliance.CertNotAfter(n))
+	}
+	stop2()
+	stop1()
+	n1, _ = startWith(t, c1, shortLived)
+	n2, stop2 = startWith(t, c2, shortLived)
+	for _, n := range []*appliance.Node{n1, n2} {
+		if got := appliance.CertNotAfter(n); got.After(expire) {
+			t.Fatalf("restarted with a certificate valid until %v, not the one expiring at %v", got, expire)
+		}
+	}
+
+	// Renewed when a third of their validity is left.
+	deadline := expire.Add(time.Second)
+	for appliance.CertNotAfter(n1).Compare(expire) <= 0 || appliance.CertNotAfter(n2).Compare(expire) <= 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("certificates not renewed before they expired at %v: n1 until %v, n2 until %v",
+				expire, appliance.CertNotAfter(n1), appliance.CertNotAfter(n2))
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+	if st, err := n1.Status(ctx); err != nil || st.CertValidUntil == nil || !st.CertValidUntil.After(expire) || st.CertRenewalError != "" {
+		t.Errorf("status after the renewal: certificate valid until %v (%q), %v", st.CertValidUntil, st.CertRenewalError, err)
+	}
+	for _, f := range []string{
+		filepath.Join(c1.DataDir, "cluster/node.pem"), filepath.Join(c1.DataDir, "etcd/tls/cert.pem"),
+		filepath.Join(c2.DataDir, "cluster/node.pem"),
+	} {
+		if got := certFileNotAfter(t, f); !got.After(expire) {
+			t.Errorf("%s expires %v: not renewed", f, got)
+		}
+	}
+	// Once the certificates they restarted on have expired, what
+	// connects must present renewed ones.
+	for time.Now().Before(expire.Add(time.Second)) {
+		time.Sleep(100 * time.Millisecond) // waiting for a time of day
+	}
+	stop2()
+	n2 = serve(t, c2)
+	waitStatus(t, n1, "n2 back", func(s appliance.Status) bool { return alive(s) == 2 })
+	v := mount(t, n2)
+	writeAll(t, v, "/after-renewal.bin", make([]byte, 2<<20))
+	wh, err := n2.Where(ctx, "/after-renewal.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range wh.Chunks {
+		if len(c.Holders) != 2 {
+			t.Errorf("chunk %d held by %v; want both nodes", c.Index, c.Holders)
+		}
+	}
+}
+
+// startWith starts a node from cfg, calls before on it before it serves,
+// and returns a function that stops it (also called when the test ends,
+// if not before).
+func startWith(t *testing.T, cfg appliance.Config, before func(*appliance.Node)) (*appliance.Node, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	n, err := appliance.Start(ctx, cfg, testLogger(t))
+	if err != nil {
+		cancel()
+		t.Fatalf("start %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
+	}
+	before(n)
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve %s (%s): %v", cfg.Node.ID, cfg.DataDir, err)
+		}
+		n.Close()
+	}
+	t.Cleanup(stop)
+	return n, stop
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// certFileNotAfter is the expiry of the first certificate in the PEM
+// file at path.
+func certFileNotAfter(t *testing.T, path string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s: no PEM", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return c.NotAfter
 }

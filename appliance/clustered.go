@@ -58,6 +58,10 @@ type clusterNode struct {
 	// joinMu serializes the etcd membership changes this node makes when
 	// admitting nodes.
 	joinMu sync.Mutex
+	// renewal paces the renewal of the node certificate (certrenew.go);
+	// renewErr is why the last renewal due failed, nil after a success.
+	renewal  certRenewal
+	renewErr atomic.Pointer[string]
 }
 
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
@@ -370,6 +374,7 @@ func (n *Node) serveCluster(ctx context.Context, wg *sync.WaitGroup, fail func(e
 	})
 	wg.Go(func() { n.watchMembership(ctx) })
 	wg.Go(func() { n.drainReports(ctx) })
+	wg.Go(func() { n.renewCertLoop(ctx) })
 }
 
 // gossipLoop refreshes this node's facts and, while the node is alone,
@@ -501,7 +506,7 @@ func (v replicaView) Nodes() []replica.Node {
 type peerDialer struct {
 	members *cluster.Membership
 	roots   *pki.Roots
-	cert    tls.Certificate
+	cert    *pki.NodeCert
 
 	mu      sync.Mutex
 	clients map[string]*peer.Client // node id -> client

@@ -43,6 +43,12 @@ type RedundancyStatus struct {
 func (n *Node) clusterStatus(ctx context.Context, st *Status) error {
 	c := n.cl
 	st.Node = c.st.NodeID
+	if until := n.certNotAfter(); !until.IsZero() {
+		st.CertValidUntil = &until
+	}
+	if e := c.renewErr.Load(); e != nil {
+		st.CertRenewalError = *e
+	}
 	st.Redundancy = &RedundancyStatus{Copies: n.cfg.Redundancy.Copies, WhenShort: n.cfg.Redundancy.WhenShort}
 	recs, err := n.ns.Nodes(ctx)
 	if err != nil {
@@ -140,6 +146,12 @@ const statusMetaTimeout = 5 * time.Second
 func (n *Node) statusWithoutMeta(ctx context.Context, st *Status, err error) {
 	c := n.cl
 	st.Node = c.st.NodeID
+	if until := n.certNotAfter(); !until.IsZero() {
+		st.CertValidUntil = &until
+	}
+	if e := c.renewErr.Load(); e != nil {
+		st.CertRenewalError = *e
+	}
 	st.Redundancy = &RedundancyStatus{Copies: n.cfg.Redundancy.Copies, WhenShort: n.cfg.Redundancy.WhenShort}
 	alive := map[string]cluster.Node{}
 	for _, m := range c.members.Members() {

@@ -84,9 +84,11 @@ func saveState(dataDir string, st clusterState) error {
 
 // identity is a cluster node's credentials.
 type identity struct {
-	roots   *pki.Roots
-	cert    tls.Certificate // node certificate chain and key
-	certPEM []byte
+	roots *pki.Roots
+	// cert is the node certificate chain and key in use; a renewal
+	// replaces it (certrenew.go).
+	cert    *pki.NodeCert
+	certPEM []byte // as loaded at start
 	keyPEM  []byte
 	secret  []byte
 }
@@ -135,9 +137,11 @@ func loadIdentity(dataDir string) (*identity, error) {
 	if id.roots, err = pki.LoadRoots(caPEM); err != nil {
 		return nil, fmt.Errorf("cluster CA %s: %w", caCertPath(dataDir), err)
 	}
-	if id.cert, err = tls.X509KeyPair(id.certPEM, id.keyPEM); err != nil {
+	pair, err := tls.X509KeyPair(id.certPEM, id.keyPEM)
+	if err != nil {
 		return nil, fmt.Errorf("node certificate %s: %w", nodeCertPath(dataDir), err)
 	}
+	id.cert = pki.NewNodeCert(pair)
 	if id.secret, err = loadSecret(secretPath(dataDir)); err != nil {
 		return nil, err
 	}

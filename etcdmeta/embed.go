@@ -237,6 +237,9 @@ type Embedded struct {
 	lock *os.File
 	dir  string
 	log  zerolog.Logger
+	// certFile is the node certificate etcd reads at each handshake,
+	// when StartEmbedded wrote it from PEM bytes (ReplaceCert).
+	certFile string
 	// closing is set when Close starts; etcd's complaints about its own
 	// listeners closing are then logged at debug level.
 	closing *atomic.Bool
@@ -290,8 +293,26 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig, log zerolog.Logger) (_ 
 		return nil, fmt.Errorf("embedded etcd: waiting for %s to become ready: %w", cfg.Dir, ctx.Err())
 	}
 	e.cli = v3client.New(e.etcd.Server)
+	if cfg.TLS != nil && cfg.TLS.CertFile == "" {
+		e.certFile = filepath.Join(cfg.Dir, "tls", "cert.pem")
+	}
 	log.Debug().Str("dir", cfg.Dir).Str("client_url", cfg.ClientURL).Msg("embedded etcd ready")
 	return e, nil
+}
+
+// ReplaceCert replaces the member's certificate (chain, for the same key)
+// with certPEM: etcd reads its certificate file at every handshake, so
+// new peer and client connections present it at once; those open stay
+// as they are. Only for a member whose TLS was given as PEM bytes
+// (EmbedTLS.CertPEM); with files, whoever owns them replaces them.
+func (e *Embedded) ReplaceCert(certPEM []byte) error {
+	if e.certFile == "" {
+		return errors.New("embedded etcd: its TLS files are not its own to replace")
+	}
+	if err := writeFileAtomic(e.certFile, certPEM); err != nil {
+		return fmt.Errorf("embedded etcd: replace certificate: %w", err)
+	}
+	return nil
 }
 
 func etcdConfig(cfg EmbedConfig, dataDir string, log zerolog.Logger, closing *atomic.Bool) (*embed.Config, error) {

@@ -137,7 +137,7 @@ func startSeed(t *testing.T, ca *pki.CA, adm *fakeAdmitter, opts ServerOptions) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, l, pki.JoinServerTLS(seedCert(t, ca))) }()
+	go func() { done <- srv.Serve(ctx, l, pki.JoinServerTLS(pki.NewNodeCert(seedCert(t, ca)))) }()
 	var once sync.Once
 	var serveErr error
 	stop := func() error {

@@ -424,7 +424,7 @@ func serveTampered(t *testing.T, ca *pki.CA, srv *Server, tamper func(*Response)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: h, TLSConfig: pki.JoinServerTLS(seedCert(t, ca)), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: h, TLSConfig: pki.JoinServerTLS(pki.NewNodeCert(seedCert(t, ca))), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = hs.ServeTLS(l, "", "") }()
 	t.Cleanup(func() { _ = hs.Close(); <-done })
@@ -496,7 +496,7 @@ func TestServeShutdownCutsOff(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ctx, l, pki.JoinServerTLS(seedCert(t, ca))) }()
+	go func() { serveErr <- srv.Serve(ctx, l, pki.JoinServerTLS(pki.NewNodeCert(seedCert(t, ca)))) }()
 
 	joinErr := make(chan error, 1)
 	go func() {

@@ -24,6 +24,9 @@
 // address, so peers are recognized by node id (NodeIDFromCert,
 // PeerNodeID), not by host name. No certificate signing request is
 // needed: the joining node sends its public key over the join connection.
+// The configurations below take the certificate as a NodeCert, which the
+// node replaces when it renews it: each handshake presents the current
+// one.
 //
 // Node-to-node traffic is mutual TLS 1.3: ServerTLS requires and verifies
 // a client certificate from the cluster CA; ClientTLS verifies the server

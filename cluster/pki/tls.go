@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,18 +16,49 @@ import (
 // CA its join token pins.
 var ErrCAPinMismatch = errors.New("seed's CA fingerprint does not match the join token")
 
+// NodeCert is a node's certificate chain and key, replaceable while in
+// use: the configurations made from it (ServerTLS, ClientTLS,
+// JoinServerTLS) present the current one at every handshake, so a renewed
+// certificate serves every new connection without a restart. It is safe
+// for concurrent use.
+type NodeCert struct {
+	cur atomic.Pointer[tls.Certificate]
+}
+
+// NewNodeCert returns a NodeCert holding c.
+func NewNodeCert(c tls.Certificate) *NodeCert {
+	n := &NodeCert{}
+	n.Replace(c)
+	return n
+}
+
+// Current returns the certificate in use.
+func (n *NodeCert) Current() *tls.Certificate { return n.cur.Load() }
+
+// Replace makes c the certificate new handshakes present.
+func (n *NodeCert) Replace(c tls.Certificate) { n.cur.Store(&c) }
+
+// serve is a tls.Config.GetCertificate that presents the current one.
+func (n *NodeCert) serve(*tls.ClientHelloInfo) (*tls.Certificate, error) { return n.Current(), nil }
+
+// present is a tls.Config.GetClientCertificate that presents the current
+// one.
+func (n *NodeCert) present(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return n.Current(), nil
+}
+
 // ServerTLS returns the configuration of a node's mTLS listener: TLS 1.3
-// only, presenting nodeCert, and requiring a client certificate that
-// chains to the cluster CA (tls.RequireAndVerifyClientCert), is valid for
-// client authentication, and names a node of the cluster (see
-// NodeIDFromCert). PeerNodeID gives the client's node id once the
-// handshake is done.
-func ServerTLS(roots *Roots, nodeCert tls.Certificate) *tls.Config {
+// only, presenting nodeCert's current certificate, and requiring a client
+// certificate that chains to the cluster CA
+// (tls.RequireAndVerifyClientCert), is valid for client authentication,
+// and names a node of the cluster (see NodeIDFromCert). PeerNodeID gives
+// the client's node id once the handshake is done.
+func ServerTLS(roots *Roots, nodeCert *NodeCert) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{nodeCert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    roots.Pool(),
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: nodeCert.serve,
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		ClientCAs:      roots.Pool(),
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("client sent no certificate")
@@ -40,7 +72,7 @@ func ServerTLS(roots *Roots, nodeCert tls.Certificate) *tls.Config {
 }
 
 // ClientTLS returns the configuration for dialing another node: TLS 1.3
-// only, presenting nodeCert, and accepting the server only if its
+// only, presenting nodeCert's current certificate, and accepting the server only if its
 // certificate chains to the cluster CA, is valid for server
 // authentication, and names node peerNodeID of the cluster (any node of
 // the cluster when peerNodeID is empty, e.g. for a seed known only by
@@ -51,11 +83,11 @@ func ServerTLS(roots *Roots, nodeCert tls.Certificate) *tls.Config {
 // InsecureSkipVerify is set and VerifyConnection does the whole check.
 // The check uses the returned config's Time (time.Now when nil); set Time
 // on this config, not on a clone.
-func ClientTLS(roots *Roots, nodeCert tls.Certificate, peerNodeID string) *tls.Config {
+func ClientTLS(roots *Roots, nodeCert *NodeCert, peerNodeID string) *tls.Config {
 	cfg := &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{nodeCert},
-		InsecureSkipVerify: true, // VerifyConnection verifies chain and node id.
+		MinVersion:           tls.VersionTLS13,
+		GetClientCertificate: nodeCert.present,
+		InsecureSkipVerify:   true, // VerifyConnection verifies chain and node id.
 	}
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 		leaf, err := verifyServerChain(cs, roots, configTime(cfg))
@@ -75,15 +107,15 @@ func ClientTLS(roots *Roots, nodeCert tls.Certificate, peerNodeID string) *tls.C
 }
 
 // JoinServerTLS returns the configuration of the seed's join listener:
-// TLS 1.3 only, presenting nodeCert, asking for no client certificate (the
+// TLS 1.3 only, presenting nodeCert's current certificate, asking for no client certificate (the
 // joining node has none yet; it proves itself with the token). nodeCert
 // must hold the chain IssueNode returns, CA certificate included, or
 // joining nodes cannot check their token's CA pin.
-func JoinServerTLS(nodeCert tls.Certificate) *tls.Config {
+func JoinServerTLS(nodeCert *NodeCert) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{nodeCert},
-		ClientAuth:   tls.NoClientCert,
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: nodeCert.serve,
+		ClientAuth:     tls.NoClientCert,
 	}
 }
 

@@ -89,8 +89,8 @@ func exchange(t *testing.T, serverCfg, clientCfg *tls.Config) (server, client re
 
 func TestMTLS(t *testing.T) {
 	ca := mustCA(t, "c1", time.Now())
-	srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "server-node"))
-	cli := ClientTLS(ca.Roots(), nodeCert(t, ca, "client-node"), "server-node")
+	srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "server-node")))
+	cli := ClientTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "client-node")), "server-node")
 	s, c := exchange(t, srv, cli)
 	if s.err != nil || c.err != nil {
 		t.Fatalf("server: %v; client: %v", s.err, c.err)
@@ -106,7 +106,7 @@ func TestMTLS(t *testing.T) {
 	}
 
 	// An empty peer node id accepts any node of the cluster.
-	if s, c := exchange(t, srv, ClientTLS(ca.Roots(), nodeCert(t, ca, "client-node"), "")); s.err != nil || c.err != nil {
+	if s, c := exchange(t, srv, ClientTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "client-node")), "")); s.err != nil || c.err != nil {
 		t.Fatalf("any node: server: %v; client: %v", s.err, c.err)
 	}
 	// A CA loaded from PEM (another process) interoperates.
@@ -114,7 +114,7 @@ func TestMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, c := exchange(t, srv, ClientTLS(roots, nodeCert(t, ca, "client-node"), "server-node")); s.err != nil || c.err != nil {
+	if s, c := exchange(t, srv, ClientTLS(roots, NewNodeCert(nodeCert(t, ca, "client-node")), "server-node")); s.err != nil || c.err != nil {
 		t.Fatalf("loaded roots: server: %v; client: %v", s.err, c.err)
 	}
 }
@@ -122,10 +122,10 @@ func TestMTLS(t *testing.T) {
 func TestMTLSClientFromOtherCARefused(t *testing.T) {
 	ca := mustCA(t, "c1", time.Now())
 	impostorCA := mustCA(t, "c1", time.Now()) // same cluster id, other key
-	srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "server-node"))
+	srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "server-node")))
 	// The impostor trusts the real CA so that its side of the handshake
 	// completes and the refusal is the server's.
-	cli := ClientTLS(ca.Roots(), nodeCert(t, impostorCA, "client-node"), "server-node")
+	cli := ClientTLS(ca.Roots(), NewNodeCert(nodeCert(t, impostorCA, "client-node")), "server-node")
 	s, c := exchange(t, srv, cli)
 	var unknown x509.UnknownAuthorityError
 	if !errors.As(s.err, &unknown) {
@@ -142,8 +142,8 @@ func TestMTLSClientFromOtherCARefused(t *testing.T) {
 
 func TestMTLSClientWithoutCertRefused(t *testing.T) {
 	ca := mustCA(t, "c1", time.Now())
-	srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "server-node"))
-	cli := ClientTLS(ca.Roots(), tls.Certificate{}, "server-node")
+	srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "server-node")))
+	cli := ClientTLS(ca.Roots(), NewNodeCert(tls.Certificate{}), "server-node")
 	cli.Certificates = nil
 	s, c := exchange(t, srv, cli)
 	if s.err == nil || !strings.Contains(s.err.Error(), "client didn't provide a certificate") {
@@ -158,10 +158,10 @@ func TestMTLSClientWithoutCertRefused(t *testing.T) {
 func TestMTLSServerRefused(t *testing.T) {
 	ca := mustCA(t, "c1", time.Now())
 	impostorCA := mustCA(t, "c1", time.Now())
-	cli := ClientTLS(ca.Roots(), nodeCert(t, ca, "client-node"), "server-node")
+	cli := ClientTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "client-node")), "server-node")
 
 	t.Run("other CA", func(t *testing.T) {
-		srv := ServerTLS(ca.Roots(), nodeCert(t, impostorCA, "server-node"))
+		srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, impostorCA, "server-node")))
 		s, c := exchange(t, srv, cli)
 		var unknown x509.UnknownAuthorityError
 		if !errors.As(c.err, &unknown) || !strings.Contains(c.err.Error(), `not trusted by cluster "c1"`) {
@@ -172,15 +172,15 @@ func TestMTLSServerRefused(t *testing.T) {
 		}
 	})
 	t.Run("wrong node", func(t *testing.T) {
-		srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "another-node"))
+		srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "another-node")))
 		_, c := exchange(t, srv, cli)
 		if !errors.Is(c.err, ErrWrongNode) || !strings.Contains(c.err.Error(), `dialed node "server-node" but the server is node "another-node"`) {
 			t.Errorf("client error %v, want ErrWrongNode", c.err)
 		}
 	})
 	t.Run("expired at injected time", func(t *testing.T) {
-		srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "server-node"))
-		late := ClientTLS(ca.Roots(), nodeCert(t, ca, "client-node"), "server-node")
+		srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "server-node")))
+		late := ClientTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "client-node")), "server-node")
 		late.Time = func() time.Time { return time.Now().Add(DefaultNodeValidity + time.Hour) }
 		_, c := exchange(t, srv, late)
 		var invalid x509.CertificateInvalidError
@@ -202,7 +202,7 @@ func TestJoin(t *testing.T) {
 	}
 
 	t.Run("right seed", func(t *testing.T) {
-		s, c := exchange(t, JoinServerTLS(nodeCert(t, ca, "seed")), JoinClientTLS(presented))
+		s, c := exchange(t, JoinServerTLS(NewNodeCert(nodeCert(t, ca, "seed"))), JoinClientTLS(presented))
 		if s.err != nil || c.err != nil {
 			t.Fatalf("server: %v; client: %v", s.err, c.err)
 		}
@@ -223,7 +223,7 @@ func TestJoin(t *testing.T) {
 	})
 	t.Run("seed of another CA", func(t *testing.T) {
 		other := mustCA(t, "c1", time.Now())
-		s, c := exchange(t, JoinServerTLS(nodeCert(t, other, "seed")), JoinClientTLS(presented))
+		s, c := exchange(t, JoinServerTLS(NewNodeCert(nodeCert(t, other, "seed"))), JoinClientTLS(presented))
 		if !errors.Is(c.err, ErrCAPinMismatch) {
 			t.Fatalf("client error %v, want ErrCAPinMismatch", c.err)
 		}
@@ -244,7 +244,7 @@ func TestJoin(t *testing.T) {
 		other := mustCA(t, "c1", time.Now())
 		fake := nodeCert(t, other, "seed")
 		fake.Certificate = [][]byte{fake.Certificate[0], ca.Roots().Certificate().Raw}
-		_, c := exchange(t, JoinServerTLS(fake), JoinClientTLS(presented))
+		_, c := exchange(t, JoinServerTLS(NewNodeCert(fake)), JoinClientTLS(presented))
 		var unknown x509.UnknownAuthorityError
 		if !errors.As(c.err, &unknown) {
 			t.Fatalf("client error %v, want x509.UnknownAuthorityError", c.err)
@@ -253,7 +253,7 @@ func TestJoin(t *testing.T) {
 	t.Run("seed without chain", func(t *testing.T) {
 		leafOnly := nodeCert(t, ca, "seed")
 		leafOnly.Certificate = leafOnly.Certificate[:1]
-		_, c := exchange(t, JoinServerTLS(leafOnly), JoinClientTLS(presented))
+		_, c := exchange(t, JoinServerTLS(NewNodeCert(leafOnly)), JoinClientTLS(presented))
 		if !errors.Is(c.err, ErrCAPinMismatch) || !strings.Contains(c.err.Error(), "only its own certificate") {
 			t.Fatalf("client error %v, want ErrCAPinMismatch naming the missing CA", c.err)
 		}
@@ -288,12 +288,39 @@ func TestMTLSClientWithoutNodeIDRefused(t *testing.T) {
 	bad := good
 	bad.Certificate = [][]byte{der, good.Certificate[1]}
 	bad.Leaf = nil
-	srv := ServerTLS(ca.Roots(), nodeCert(t, ca, "server-node"))
-	s, c := exchange(t, srv, ClientTLS(ca.Roots(), bad, "server-node"))
+	srv := ServerTLS(ca.Roots(), NewNodeCert(nodeCert(t, ca, "server-node")))
+	s, c := exchange(t, srv, ClientTLS(ca.Roots(), NewNodeCert(bad), "server-node"))
 	if !errors.Is(s.err, ErrNoNodeID) || !strings.Contains(s.err.Error(), "client certificate") {
 		t.Errorf("server error %v, want ErrNoNodeID", s.err)
 	}
 	if c.err == nil || !strings.Contains(c.err.Error(), "remote error: tls: bad certificate") {
 		t.Errorf("client error %v, want the server's refusal", c.err)
+	}
+}
+
+// TestNodeCertReplaced: configurations made from a NodeCert present, at
+// each handshake, the certificate it holds then, on both sides.
+func TestNodeCertReplaced(t *testing.T) {
+	ca := mustCA(t, "c1", time.Now())
+	srvCert, cliCert := NewNodeCert(nodeCert(t, ca, "server-node")), NewNodeCert(nodeCert(t, ca, "client-node"))
+	srv := ServerTLS(ca.Roots(), srvCert)
+	cli := ClientTLS(ca.Roots(), cliCert, "server-node")
+	serials := func() (server, client string) {
+		t.Helper()
+		s, c := exchange(t, srv, cli)
+		if s.err != nil || c.err != nil {
+			t.Fatalf("handshake: server %v, client %v", s.err, c.err)
+		}
+		return c.state.PeerCertificates[0].SerialNumber.String(), s.state.PeerCertificates[0].SerialNumber.String()
+	}
+	s1, c1 := serials()
+	srvCert.Replace(nodeCert(t, ca, "server-node"))
+	cliCert.Replace(nodeCert(t, ca, "client-node"))
+	s2, c2 := serials()
+	if s1 == s2 || c1 == c2 {
+		t.Fatalf("after Replace the same certificates were presented: server %s -> %s, client %s -> %s", s1, s2, c1, c2)
+	}
+	if want := srvCert.Current().Leaf.SerialNumber.String(); s2 != want {
+		t.Fatalf("server presented serial %s, holds %s", s2, want)
 	}
 }

@@ -110,6 +110,13 @@ func printStatus(w io.Writer, st appliance.Status) {
 	if st.Redundancy != nil {
 		fmt.Fprintf(w, "  Redundancy: %d copies of every chunk; when fewer nodes are up: %s\n", st.Redundancy.Copies, st.Redundancy.WhenShort)
 	}
+	if st.CertValidUntil != nil {
+		renewal := "renewed automatically"
+		if st.CertRenewalError != "" {
+			renewal = "renewal failing: " + st.CertRenewalError
+		}
+		fmt.Fprintf(w, "  Node cert:  valid until %s (%s)\n", st.CertValidUntil.Format(time.DateOnly), renewal)
+	}
 	if sc := st.Scrub; sc != nil {
 		last := "no full pass yet"
 		if sc.LastFinished != nil {
