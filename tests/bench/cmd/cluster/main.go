@@ -38,7 +38,7 @@
 // Usage (from the repository root; make bench-cluster and make
 // bench-repair do this):
 //
-//	go run ./tests/bench/cmd/cluster --wormhole bin/wormhole [--size 256MiB] [--copies 1,2,3] [--rounds 1]
+//	go run ./tests/bench/cmd/cluster --wormhole bin/wormhole [--size 256MiB] [--copies 1,2,3] [--rounds 1] [--unstable]
 //	go run ./tests/bench/cmd/cluster --wormhole bin/wormhole --repair [--lose 1GiB] [--repair-bandwidth 256MiB]
 package main
 
@@ -92,6 +92,7 @@ func main() {
 	size := flag.String("size", "256MiB", "large file size")
 	copies := flag.String("copies", "1,2,3", "redundancy values to measure, comma-separated (1 to 3)")
 	flag.IntVar(&c.rounds, "rounds", 1, "runs per redundancy value, on the same cluster; the best is reported")
+	flag.BoolVar(&c.unstable, "unstable", false, "send the large file's WRITEs UNSTABLE and COMMIT at the end, as a kernel client does, instead of FILE_SYNC")
 	flag.BoolVar(&c.single, "single", true, "first measure a single node the same way, and show each cluster's figures as a ratio of its")
 	flag.StringVar(&c.workDir, "workdir", os.TempDir(), "parent of the temporary directories holding all data")
 	repairMode := flag.Bool("repair", false, "measure repair after losing a node and rebalancing onto a new one instead (4 nodes, copies 2)")
@@ -122,6 +123,7 @@ type config struct {
 	rounds      int
 	workDir     string
 	single      bool // also measure a single node, as the reference
+	unstable    bool // UNSTABLE writes and a COMMIT (bench.Options.Unstable)
 }
 
 func (c *config) parse(size, copies string) error {
@@ -239,6 +241,7 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 			Creates:     1,
 			ListEntries: 1,
 			SmallFiles:  1,
+			Unstable:    c.unstable,
 			// The files stay until the cluster goes, so the chunk count
 			// below includes them.
 			Keep:     true,
@@ -656,8 +659,12 @@ func printHeader(whBin string, c config) {
 	}
 	fmt.Printf("3-node cluster on this machine (loopback addresses): all nodes share its CPUs and one disk, so every copy\n")
 	fmt.Printf("lands on the same disk; the figures are a lower bound for real clusters (whose network is slower than loopback).\n")
-	fmt.Printf("client: tests/bench against n1, 1 stream, FILE_SYNC writes in 1 MiB requests, file of %s; %d round(s) per value, best shown\n\n",
-		mib(c.size), c.rounds)
+	writes := "FILE_SYNC writes"
+	if c.unstable {
+		writes = "UNSTABLE writes (+ COMMIT)"
+	}
+	fmt.Printf("client: tests/bench against n1, 1 stream, %s in 1 MiB requests, file of %s; %d round(s) per value, best shown\n\n",
+		writes, mib(c.size), c.rounds)
 }
 
 // machineFacts describes the binary and this machine: version, CPUs, RAM
@@ -709,7 +716,11 @@ func table(results []result, c config) string {
 		label, vs, key := strconv.Itoa(r.copies), "", fmt.Sprintf("copies=%d", r.copies)
 		if r.copies == 0 {
 			label, key = "single", "single"
-		} else if single != nil {
+		}
+		if c.unstable {
+			key += " unstable"
+		}
+		if r.copies != 0 && single != nil {
 			sw, _ := bestRun(single.runs, bench.SeqWrite)
 			sr, _ := bestRun(single.runs, bench.SeqRead)
 			vs = fmt.Sprintf("%.2fx %.2fx", ratio(w.Value, sw.Value), ratio(rd.Value, sr.Value))
