@@ -143,6 +143,18 @@ func readBack(t *testing.T, ns *chunkertest.Namespace, s *LocalStore, ino meta.I
 	}
 }
 
+// checkCommitted checks, after the commit of ino, that the store was
+// asked for puts chunk stores in all (why says which), that the file reads
+// back as want from the namespace, and that no copy is left unreferenced.
+func checkCommitted(t *testing.T, ns *chunkertest.Namespace, g *gatedBlobs, ino meta.Ino, want []byte, puts int, why string) {
+	t.Helper()
+	if got, changed := g.counts(); got != puts || changed != 0 {
+		t.Fatalf("%d chunk stores (%d saw their bytes change); want %d: %s", got, changed, puts, why)
+	}
+	readBack(t, ns, g.LocalStore, ino, want)
+	onlyReferenced(t, ns, g.LocalStore, ino)
+}
+
 // TestWriteBehindStoresWholeChunksBeforeCommit: chunks that writes fill
 // whole are stored before the COMMIT (nothing is committed yet, other
 // nodes see nothing), and the commit stores only the partial last chunk.
@@ -164,11 +176,7 @@ func TestWriteBehindStoresWholeChunksBeforeCommit(t *testing.T) {
 	if _, ok, err := f.Commit(t.Context(), ino); err != nil || !ok {
 		t.Fatalf("Commit: %v, %v", ok, err)
 	}
-	if puts, changed := g.counts(); puts != 4 || changed != 0 {
-		t.Fatalf("%d chunk stores (%d saw their bytes change); want 3 early ones and the tail's", puts, changed)
-	}
-	readBack(t, ns, g.LocalStore, ino, data)
-	onlyReferenced(t, ns, g.LocalStore, ino)
+	checkCommitted(t, ns, g, ino, data, 4, "3 early ones and the tail's")
 }
 
 // TestWriteBehindRewrittenChunk: a chunk written again after its early
@@ -191,11 +199,7 @@ func TestWriteBehindRewrittenChunk(t *testing.T) {
 	if _, _, err := f.Commit(t.Context(), ino); err != nil {
 		t.Fatal(err)
 	}
-	if _, changed := g.counts(); changed != 0 {
-		t.Fatal("a write changed the bytes an early store was reading")
-	}
-	readBack(t, ns, g.LocalStore, ino, model)
-	onlyReferenced(t, ns, g.LocalStore, ino)
+	checkCommitted(t, ns, g, ino, model, 2, "the early one, unchanged by the write, and the commit's")
 }
 
 // TestWriteBehindCommitWaitsForEarlyStore: a COMMIT that comes while the
@@ -218,11 +222,7 @@ func TestWriteBehindCommitWaitsForEarlyStore(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if puts, _ := g.counts(); puts != 2 {
-		t.Fatalf("%d chunk stores; want the 2 early ones only", puts)
-	}
-	readBack(t, ns, g.LocalStore, ino, data)
-	onlyReferenced(t, ns, g.LocalStore, ino)
+	checkCommitted(t, ns, g, ino, data, 2, "the 2 early ones only")
 }
 
 // TestWriteBehindOldCopyNotUsed: an early copy older than the age limit
@@ -238,11 +238,7 @@ func TestWriteBehindOldCopyNotUsed(t *testing.T) {
 	if _, _, err := f.Commit(t.Context(), ino); err != nil {
 		t.Fatal(err)
 	}
-	if puts, _ := g.counts(); puts != 2 {
-		t.Fatalf("%d chunk stores; want the early one and the commit's", puts)
-	}
-	readBack(t, ns, g.LocalStore, ino, data)
-	onlyReferenced(t, ns, g.LocalStore, ino)
+	checkCommitted(t, ns, g, ino, data, 2, "the early one and the commit's")
 }
 
 // TestWriteBehindFileRemoved: the early copies of a file removed before
@@ -279,5 +275,5 @@ func TestWriteBehindOff(t *testing.T) {
 	if _, _, err := f.Commit(t.Context(), ino); err != nil {
 		t.Fatal(err)
 	}
-	readBack(t, ns, g.LocalStore, ino, data)
+	checkCommitted(t, ns, g, ino, data, 2, "the commit's two")
 }
