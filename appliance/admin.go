@@ -291,6 +291,19 @@ func (n *Node) metrics() *prometheus.Registry {
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_scrub_quarantine_pruned_total", Help: "Quarantined chunk copies deleted after scrub.quarantine_keep."}, stat(func(s scrub.Stats) uint64 { return s.Pruned })),
 		)
 	}
+	if n.cl != nil && n.cl.repair != nil {
+		tot := func(f func(repair.Totals) uint64) func() float64 {
+			return func() float64 { return float64(f(n.cl.repair.Totals())) }
+		}
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_passes_total", Help: "Repair passes this node finished as leader."}, tot(func(t repair.Totals) uint64 { return t.Passes })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_copies_total", Help: "Chunk copies this node's repair passes made."}, tot(func(t repair.Totals) uint64 { return t.Copied })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_copied_bytes_total", Help: "Bytes this node's repair passes copied."}, tot(func(t repair.Totals) uint64 { return t.BytesCopied })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_deletes_total", Help: "Extra chunk copies this node's repair passes removed."}, tot(func(t repair.Totals) uint64 { return t.Deleted })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_orphans_deleted_total", Help: "Copies of chunks no file refers to that this node's repair passes removed."}, tot(func(t repair.Totals) uint64 { return t.OrphansDeleted })),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "wormhole_repair_failures_total", Help: "Repair work items that failed (a later pass retries them)."}, tot(func(t repair.Totals) uint64 { return t.Failed })),
+		)
+	}
 	return reg
 }
 

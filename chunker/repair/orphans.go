@@ -102,7 +102,10 @@ func (w *Worker) collectOrphans(ctx context.Context, lost func(error), f *fence,
 				continue
 			}
 			deleted++
-			w.update(func(p *Progress) { p.OrphansDeleted++ })
+			w.update(func(p *Progress) {
+				w.total.OrphansDeleted++
+				p.OrphansDeleted++
+			})
 		}
 		if all {
 			delete(w.orphans, o.id)

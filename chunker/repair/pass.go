@@ -142,6 +142,7 @@ func (w *Worker) pass(ctx context.Context, endTerm context.CancelCauseFunc, f *f
 	}
 
 	w.update(func(p *Progress) {
+		w.total.Passes++
 		p.Running = false
 		p.Finished = w.now()
 		if err != nil {
@@ -398,6 +399,7 @@ func (w *Worker) execute(ctx context.Context, lost func(error), f *fence, v *vie
 				default:
 					w.log.Debug().Err(err).Str("chunk", it.id.String()).Msg("repair item failed")
 					w.update(func(p *Progress) {
+						w.total.Failed++
 						p.Failed++
 						p.LastError = errorText(err)
 					})
@@ -505,6 +507,7 @@ func (w *Worker) work(ctx context.Context, mu *sync.Mutex, f *fence, v *view, it
 		}
 		name := v.names[x]
 		w.update(func(p *Progress) {
+			w.total.Deleted++
 			p.Deleted++
 			if _, ok := p.DrainRemaining[name]; ok && p.DrainRemaining[name] > 0 {
 				p.DrainRemaining[name]--
@@ -616,6 +619,8 @@ func (w *Worker) put(ctx context.Context, storeOf func(uint16) (NodeStore, error
 		return fmt.Errorf("repair: copy chunk %s to %s: node reported a wrong checksum", it.id, v.names[t])
 	}
 	w.update(func(p *Progress) {
+		w.total.Copied++
+		w.total.BytesCopied += uint64(len(data))
 		p.Copied++
 		p.BytesCopied += int64(len(data))
 	})

@@ -267,6 +267,18 @@ type Progress struct {
 	LastError string `json:"last_error,omitempty"`
 }
 
+// Totals counts the work this worker did as leader since it was made,
+// over all its passes: counters for monitoring, which only grow (a
+// pass's Progress starts again from zero, and etcd keeps only the last).
+type Totals struct {
+	Passes         uint64 // passes finished
+	Copied         uint64 // chunk copies made
+	BytesCopied    uint64
+	Deleted        uint64 // extra copies removed
+	OrphansDeleted uint64 // copies of unreferenced chunks removed
+	Failed         uint64 // work items that failed (retried by a later pass)
+}
+
 // clone returns a copy of p that shares no memory with it.
 func (p Progress) clone() Progress {
 	p.Partial = append([]string(nil), p.Partial...)
@@ -293,8 +305,9 @@ type Worker struct {
 	kick    chan struct{}
 	running atomic.Bool
 
-	mu   sync.Mutex
-	prog Progress
+	mu    sync.Mutex
+	prog  Progress
+	total Totals // updated with prog, under mu
 
 	// firstDown records when this worker first saw a node down without
 	// a DownSince; only Run's goroutine uses it.
@@ -357,7 +370,14 @@ func (w *Worker) Progress() Progress {
 	return w.prog.clone()
 }
 
-// update changes the worker's progress under its lock.
+// Totals returns the work this worker did since it was made.
+func (w *Worker) Totals() Totals {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.total
+}
+
+// update changes the worker's progress (and totals) under its lock.
 func (w *Worker) update(fn func(p *Progress)) {
 	w.mu.Lock()
 	fn(&w.prog)

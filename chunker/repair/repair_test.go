@@ -119,6 +119,13 @@ func TestCopiesChanged(t *testing.T) {
 	if p.Copied != 20 || p.Deleted != 10 || p.Failed != 0 {
 		t.Fatalf("progress %+v, want 20 copies and 10 deletions", p)
 	}
+	// The counters for monitoring hold the same, and keep it when the
+	// next pass (with nothing to do) starts its progress from zero.
+	w.Kick()
+	waitPass(t, w, 2)
+	if tot := w.Totals(); tot.Passes < 2 || tot.Copied != 20 || tot.Deleted != 10 || tot.Failed != 0 || tot.BytesCopied == 0 {
+		t.Fatalf("totals after two passes %+v, want 20 copies and 10 deletions", tot)
+	}
 	if v := violations(); len(v) > 0 {
 		t.Fatalf("redundancy dropped below target: %v", v)
 	}

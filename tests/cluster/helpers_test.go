@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -285,6 +286,32 @@ func (n *node) admin(method, path string) (string, error) {
 		return r.Stdout, fmt.Errorf("admin %s %s: exit %d: %v: %s%s", method, path, r.ExitCode, r.Err, r.Stdout, r.Stderr)
 	}
 	return r.Stdout, nil
+}
+
+// metricSum adds up the value of the metric name (a counter or gauge
+// without labels) over the nodes running, from their admin APIs.
+func (c *cluster) metricSum(name string) float64 {
+	c.t.Helper()
+	var sum float64
+	for _, n := range c.nodes {
+		if exited, _ := n.proc.Exited(); exited {
+			continue
+		}
+		out, err := n.admin("GET", "/metrics")
+		if err != nil {
+			c.t.Fatalf("%s: %v", n.id, err)
+		}
+		for l := range strings.Lines(out) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+" "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					c.t.Fatalf("%s: metric %s: %v", n.id, name, err)
+				}
+				sum += f
+			}
+		}
+	}
+	return sum
 }
 
 // waitServing waits until the node answers NFS NULL calls, and fails the
