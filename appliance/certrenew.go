@@ -37,15 +37,15 @@ func (n *Node) renewCertLoop(ctx context.Context) {
 	t := time.NewTicker(n.cl.renewal.every)
 	defer t.Stop()
 	for {
-		renewed, err := n.renewCert(ctx, time.Now(), false)
+		_, err := n.renewCert(ctx, time.Now(), false)
 		switch {
-		case err != nil && ctx.Err() == nil:
+		case err == nil:
+			n.cl.renewErr.Store(nil) // renewed, or not due
+		case ctx.Err() == nil:
 			msg := err.Error()
 			n.cl.renewErr.Store(&msg)
 			n.log.Error().Err(err).Time("valid_until", n.certNotAfter()).
 				Msg("node certificate not renewed; the next check tries again")
-		case renewed:
-			n.cl.renewErr.Store(nil)
 		}
 		select {
 		case <-ctx.Done():
