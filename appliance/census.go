@@ -111,16 +111,23 @@ func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 		// taken after the references were read, sees it.
 		later, _ := census.Gather(ctx, listers)
 		counts = census.Settle(counts, below, inv, later)
-		// A chunk written after the first listing and replaced (so
-		// deleted) before the second is on neither, though nothing was
-		// lost: it is no longer referenced. Only a chunk still referenced
-		// now counts as missing (and makes the cluster critical).
-		if missing := census.StillMissing(below, inv, later); len(missing) > 0 {
-			gone, err := n.unreferenced(ctx, missing)
-			if err == nil {
-				counts.Chunks -= gone
-				counts.Below -= gone
-				counts.Missing -= gone
+		// A chunk written while the nodes were listed and replaced (so
+		// deleted) before the second listing ended is on fewer nodes than
+		// it wants, or on none, though nothing is short: it is no longer
+		// referenced. Only a chunk still referenced now counts as below
+		// target, or as missing (which makes the cluster critical).
+		if still := census.StillBelow(below, inv, later); len(still) > 0 {
+			if gone, err := n.unreferenced(ctx, still); err == nil {
+				for _, ch := range still {
+					if !gone[ch.ID] {
+						continue
+					}
+					counts.Chunks--
+					counts.Below--
+					if inv.Copies(ch.ID) == 0 && later.Copies(ch.ID) == 0 {
+						counts.Missing--
+					}
+				}
 			}
 		}
 	}
@@ -132,11 +139,11 @@ func (n *Node) takeCensus(ctx context.Context) ChunkCensus {
 	return cs
 }
 
-// unreferenced returns how many of chunks no file refers to any more.
-func (n *Node) unreferenced(ctx context.Context, chunks []census.Chunk) (int, error) {
-	left := make(map[chunk.ID]int, len(chunks))
+// unreferenced returns which of chunks no file refers to any more.
+func (n *Node) unreferenced(ctx context.Context, chunks []census.Chunk) (map[chunk.ID]bool, error) {
+	left := make(map[chunk.ID]bool, len(chunks))
 	for _, ch := range chunks {
-		left[ch.ID]++
+		left[ch.ID] = true
 	}
 	err := n.ns.ForEachChunk(ctx, func(_ meta.Ino, ref chunk.Ref) error {
 		delete(left, ref.ID)
@@ -146,13 +153,9 @@ func (n *Node) unreferenced(ctx context.Context, chunks []census.Chunk) (int, er
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStopCensus) {
-		return 0, err
+		return nil, err
 	}
-	gone := 0
-	for _, k := range left {
-		gone += k
-	}
-	return gone, nil
+	return left, nil
 }
 
 // settleMax bounds the chunks below target a census checks again against

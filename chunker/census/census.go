@@ -142,15 +142,23 @@ func Settle(c Counts, below []Chunk, earlier, later *Inventory) Counts {
 	return c
 }
 
-// StillMissing returns the chunks of below (as CountBelow returned them)
-// that neither earlier nor later holds: those Settle still counts as
-// Missing. Besides a real loss, such a chunk may have been written after
-// the first listing and replaced, and deleted, before the second (a file
-// rewritten meanwhile); a caller that reads its reference again can tell.
-func StillMissing(below []Chunk, earlier, later *Inventory) []Chunk {
+// StillBelow returns the chunks of below (as CountBelow returned them)
+// that earlier and later together hold fewer copies of than they want:
+// those Settle still counts as Below (and as Missing when neither holds
+// any). Besides real trouble, such a chunk may have been written while
+// the listings ran and replaced, and deleted, before the second ended (a
+// file rewritten meanwhile): a caller that reads its reference again can
+// tell.
+func StillBelow(below []Chunk, earlier, later *Inventory) []Chunk {
 	var out []Chunk
 	for _, ch := range below {
-		if ch.Want > 0 && earlier.Copies(ch.ID) == 0 && later.Copies(ch.ID) == 0 {
+		hs := earlier.Holders(ch.ID)
+		for _, h := range later.Holders(ch.ID) {
+			if !slices.Contains(hs, h) {
+				hs = append(hs, h)
+			}
+		}
+		if len(hs) < ch.Want {
 			out = append(out, ch)
 		}
 	}

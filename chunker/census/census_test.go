@@ -121,8 +121,8 @@ func TestSettle(t *testing.T) {
 	if want := (census.Counts{Chunks: 5, Below: 2, On: 3, Missing: 1, Orphans: 0}); got != want {
 		t.Fatalf("Settle = %+v, want %+v", got, want)
 	}
-	if missing := census.StillMissing(below, earlier, later); len(missing) != 1 || missing[0].ID != id(5) {
-		t.Fatalf("StillMissing = %v, want only chunk 5", missing)
+	if still := census.StillBelow(below, earlier, later); len(still) != 2 || still[0].ID != id(4) || still[1].ID != id(5) {
+		t.Fatalf("StillBelow = %v, want chunks 4 and 5", still)
 	}
 }
 
