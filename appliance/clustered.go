@@ -451,9 +451,13 @@ func (n *Node) watchMembership(ctx context.Context) {
 			n.log.Debug().Err(err).Msg("refresh node records")
 		}
 		// The posture must follow a node lost or back at once, not at
-		// the next interval with a census up to a minute old.
+		// the next interval with a census up to a minute old. (A node's
+		// facts, its free space, are gossiped as updates every
+		// factsInterval: they need no census at once.)
 		n.cl.census.invalidate()
-		n.gate.reassess()
+		if ev.Kind != cluster.EventUpdate {
+			n.gate.reassess()
+		}
 		n.kickRepair()
 	}
 }
