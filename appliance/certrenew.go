@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/wormhole-fs/wormhole/cluster/pki"
@@ -93,7 +94,7 @@ func (n *Node) renewCert(ctx context.Context, now time.Time, force bool) (bool, 
 		return false, fmt.Errorf("renew node certificate: cluster CA: %w", err)
 	}
 	// The same names as now: the ones the node joined with.
-	hosts := leaf.DNSNames
+	hosts := slices.Clone(leaf.DNSNames) // appended to: not the leaf's own
 	for _, ip := range leaf.IPAddresses {
 		hosts = append(hosts, ip.String())
 	}

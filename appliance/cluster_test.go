@@ -423,7 +423,7 @@ func TestPostureFollowsMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n1 := serveWith(t, c1, func(n *appliance.Node) { appliance.SetPostureInterval(n, time.Hour) })
+	n1, _ := startWith(t, c1, func(n *appliance.Node) { appliance.SetPostureInterval(n, time.Hour) })
 	if err := appliance.Join(ctx, c2, ips[0]+":7948", tok.String(), testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -453,14 +453,6 @@ func TestPostureFollowsMembership(t *testing.T) {
 
 	serve(t, c2)
 	waitWrite(t, v, "/n2-back", func(err error) bool { return err == nil }, "accepted once n2 is back")
-}
-
-// serveWith starts a node from cfg, calls before on it before it serves,
-// and stops it when the test ends.
-func serveWith(t *testing.T, cfg appliance.Config, before func(*appliance.Node)) *appliance.Node {
-	t.Helper()
-	n, _ := startWith(t, cfg, before)
-	return n
 }
 
 // waitWrite writes a small file at p through v until ok accepts the
