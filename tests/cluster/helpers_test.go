@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -509,6 +510,9 @@ type mounted struct {
 	// broken, when not nil, is closed once the mount's connection is
 	// broken (mountOneConnWithin).
 	broken <-chan struct{}
+	// inflight counts the calls untilBroken left running on v; close
+	// waits for them (mountOneConnWithin).
+	inflight *sync.WaitGroup
 }
 
 // mountWithin mounts addr as root, giving up after d.

@@ -543,7 +543,19 @@ func mountOneConnWithin(addr string, d time.Duration) (mounted, error) {
 		closeAll()
 		return mounted{}, err
 	}
-	return mounted{v: m.v, close: func() { m.close(); closeAll() }, broken: broken}, nil
+	// go-nfs-client's Close, like a broken connection, closes the reply
+	// channel of every call in flight without forgetting it: a Close
+	// while a call left running by untilBroken still waits can make the
+	// client's receive loop close that channel a second time, a panic
+	// that takes the test binary down. Close waits for those calls (they
+	// give up within seconds once the connection is gone: it is never
+	// made again).
+	inflight := new(sync.WaitGroup)
+	return mounted{v: m.v, close: func() {
+		closeAll()
+		inflight.Wait()
+		m.close()
+	}, broken: broken, inflight: inflight}, nil
 }
 
 // untilBroken runs f, a call on m, and returns its results; or an error as
@@ -551,5 +563,13 @@ func mountOneConnWithin(addr string, d time.Duration) (mounted, error) {
 // up (it tries to connect again for seconds): f's call may then have
 // taken effect or not, and is left running.
 func untilBroken[T any](m *mounted, f func() (T, error)) (T, error) {
+	if m.inflight != nil {
+		m.inflight.Add(1)
+		g := f
+		f = func() (T, error) {
+			defer m.inflight.Done()
+			return g()
+		}
+	}
 	return firstOf(f, m.broken, func() error { return errors.New("connection to the node broken") })
 }
