@@ -172,3 +172,35 @@ func TestUnavailableIsTransient(t *testing.T) {
 		}
 	}
 }
+
+// TestChunksOneRoundTrip: a READ's chunk map read (one chunk or two) on a
+// cluster is one etcd request, the inode and the references at one
+// revision, and gives what was committed.
+func TestChunksOneRoundTrip(t *testing.T) {
+	ctx := t.Context()
+	id := fmt.Sprintf("test-%d", clusterSeq.Add(1))
+	s, err := New(ctx, shared.Client(), id, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := []chunk.Ref{{Index: 0, ID: chunk.NewID(), Len: 100}, {Index: 1, ID: chunk.NewID(), Len: 50}}
+	if _, _, err := s.CommitWrite(ctx, f.Ino, refs, nil, 150); err != nil {
+		t.Fatal(err)
+	}
+	rec := &opsKV{KV: shared.Client().KV}
+	s.kv = rec
+	got, err := s.Chunks(ctx, f.Ino, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != refs[0].ID || got[1].ID != refs[1].ID || got[1].Len != 50 {
+		t.Errorf("Chunks: %+v, want %+v", got, refs)
+	}
+	if n := len(rec.gets) + len(rec.txns); n != 1 {
+		t.Errorf("Chunks of two indexes made %d etcd requests (%d gets, %d txns), want 1", n, len(rec.gets), len(rec.txns))
+	}
+}

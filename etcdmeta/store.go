@@ -747,12 +747,19 @@ func (t *tx) fileAttr(ctx context.Context, ino meta.Ino) (*meta.Attr, error) {
 func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
 	op := fmt.Sprintf("chunks %d [%d,%d]", ino, first, last)
 	var out []chunk.Ref
+	point := last >= first && last-first < pointChunkReads
 	err := s.run(ctx, op, func(t *tx) error {
+		if point {
+			// The inode and the references in one round trip.
+			if err := t.load(ctx, append(s.chunkKeys(ino, first, last), s.keys.ino(ino))...); err != nil {
+				return err
+			}
+		}
 		if _, err := t.fileAttr(ctx, ino); err != nil {
 			return err
 		}
 		var err error
-		if last >= first && last-first < pointChunkReads {
+		if point {
 			out, err = t.chunkRefsAt(ctx, ino, first, last)
 		} else {
 			out, err = t.chunkRefs(ctx, ino, first, last)
@@ -767,12 +774,18 @@ func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([
 // READ spans one chunk or two.
 const pointChunkReads = 4
 
+// chunkKeys returns the chunk map keys of ino's indexes first to last.
+func (s *Store) chunkKeys(ino meta.Ino, first, last uint64) []string {
+	keys := make([]string, 0, last-first+2)    // room for the inode's key
+	for d := uint64(0); d <= last-first; d++ { // no i++ past MaxUint64
+		keys = append(keys, s.keys.chunk(ino, first+d))
+	}
+	return keys
+}
+
 // chunkRefsAt is chunkRefs read key by key, for a few indexes.
 func (t *tx) chunkRefsAt(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
-	keys := make([]string, 0, last-first+1)
-	for d := uint64(0); d <= last-first; d++ { // no i++ past MaxUint64
-		keys = append(keys, t.s.keys.chunk(ino, first+d))
-	}
+	keys := t.s.chunkKeys(ino, first, last)
 	if err := t.load(ctx, keys...); err != nil {
 		return nil, err
 	}
