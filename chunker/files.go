@@ -180,7 +180,10 @@ func (f *Files) ReadAt(ctx context.Context, ino meta.Ino, size uint64, p []byte,
 			break
 		}
 		// A concurrent write or truncate may have replaced and deleted
-		// a chunk between reading the map and the chunk: read again.
+		// a chunk between reading the map and the chunk: read again,
+		// current (the map may have come from a replica that had not
+		// seen the change).
+		ctx = meta.WithCurrentReads(ctx)
 	}
 	if err != nil {
 		return 0, err
@@ -371,6 +374,9 @@ func (f *Files) WriteAt(ctx context.Context, ino meta.Ino, p []byte, off int64) 
 			return attr, err
 		}
 		hinted = false // the hint may be what was wrong
+		// The map read may have come from a replica that had not seen
+		// the change that raced this one: read it current from now on.
+		ctx = meta.WithCurrentReads(ctx)
 	}
 }
 
@@ -612,6 +618,7 @@ func (f *Files) Truncate(ctx context.Context, ino meta.Ino, oldSize, newSize uin
 		if !raced(err) || attempt == maxConflictRetries {
 			return attr, err
 		}
+		ctx = meta.WithCurrentReads(ctx) // as WriteAt
 	}
 }
 

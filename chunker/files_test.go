@@ -468,3 +468,41 @@ func TestFilesWritersOnTwoNodes(t *testing.T) {
 	}
 	checkRefs(t, ns, s, ino)
 }
+
+// replicaNamespace answers chunk map reads with the map as it was (a
+// metadata replica that has not applied the latest write) unless the
+// caller asks for current reads.
+type replicaNamespace struct {
+	*chunkertest.Namespace
+	stale []chunk.Ref
+}
+
+func (n *replicaNamespace) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
+	if meta.CurrentReads(ctx) {
+		return n.Namespace.Chunks(ctx, ino, first, last)
+	}
+	return n.stale, nil
+}
+
+// A read whose chunk map came from a replica that had not seen the write
+// replacing (and deleting) the chunk is read again with a current map,
+// and returns the written bytes.
+func TestFilesReadAfterReplicaLag(t *testing.T) {
+	ctx := t.Context()
+	f, ns, s := newTestFiles(t)
+	const ino = meta.Ino(12)
+	if _, err := f.WriteAt(ctx, ino, bytes.Repeat([]byte{1}, 100), 0); err != nil {
+		t.Fatal(err)
+	}
+	stale := ns.Refs(ino)
+	if _, err := f.WriteAt(ctx, ino, bytes.Repeat([]byte{2}, 100), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, stale[0].ID); !errors.Is(err, chunk.ErrNotFound) {
+		t.Fatalf("the replaced chunk is still there (%v): the test would test nothing", err)
+	}
+	lagging := NewFiles(&replicaNamespace{Namespace: ns, stale: stale}, s, testChunkSize, testLogger(t))
+	if got := readAll(t, lagging, ino, ns.Size(ino)); !bytes.Equal(got, bytes.Repeat([]byte{2}, 100)) {
+		t.Errorf("read %v..., want the second write's bytes", got[:4])
+	}
+}

@@ -472,7 +472,10 @@ func (f *Files) commitBatch(ctx context.Context, ino meta.Ino, df *dirtyFile, id
 		refs, expect, err := f.storeDirty(ctx, ino, df, idxs)
 		if err != nil {
 			if raced(err) && attempt < maxConflictRetries {
-				continue // a chunk merged onto was replaced and deleted meanwhile
+				// A chunk merged onto was replaced and deleted
+				// meanwhile: read the map current (as WriteAt).
+				ctx = meta.WithCurrentReads(ctx)
+				continue
 			}
 			return meta.Attr{}, err
 		}
@@ -486,6 +489,7 @@ func (f *Files) commitBatch(ctx context.Context, ino meta.Ino, df *dirtyFile, id
 		if !raced(err) || attempt == maxConflictRetries {
 			return meta.Attr{}, fmt.Errorf("commit %d chunks: %w", len(refs), err)
 		}
+		ctx = meta.WithCurrentReads(ctx)
 	}
 }
 

@@ -204,3 +204,74 @@ func TestChunksOneRoundTrip(t *testing.T) {
 		t.Errorf("Chunks of two indexes made %d etcd requests (%d gets, %d txns), want 1", n, len(rec.gets), len(rec.txns))
 	}
 }
+
+// TestChunksOnALaggingMember: on a cluster a chunk map read is served by
+// the local member when its state is as new as the newest revision the
+// store has been answered at, and read again through the leader when it
+// is older (a READ's chunk map is never older than the attributes read
+// before it) or when the caller asks for current reads.
+func TestChunksOnALaggingMember(t *testing.T) {
+	ctx := t.Context()
+	id := fmt.Sprintf("test-%d", clusterSeq.Add(1))
+	now, err := New(ctx, shared.Client(), id, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := now.Create(ctx, meta.RootIno, "f", meta.CreateArgs{Type: meta.TypeRegular, Mode: 0o644})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := chunk.Ref{Index: 0, ID: chunk.NewID(), Len: 10}
+	if _, _, err := now.CommitWrite(ctx, f.Ino, []chunk.Ref{old}, nil, 10); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := shared.Client().Get(ctx, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := resp.Header.Revision
+	cur := chunk.Ref{Index: 0, ID: chunk.NewID(), Len: 10}
+	if _, _, err := now.CommitWrite(ctx, f.Ino, []chunk.Ref{cur}, []meta.Expect{{Index: 0, ID: old.ID}}, 10); err != nil {
+		t.Fatal(err)
+	}
+
+	// chunksVia reads f's map through a store over a member lagging at
+	// rev, after reading f's attributes, and says how many reads the
+	// member served and how many transactions were sent.
+	chunksVia := func(ctx context.Context, rev int64) (ref chunk.Ref, served int64, txns int) {
+		t.Helper()
+		s, err := New(t.Context(), shared.Client(), id, testLog(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := &opsKV{KV: shared.Client().KV}
+		lagging := &laggingKV{KV: rec, rev: rev}
+		s.kv = floorKV{KV: lagging, floor: s.floor}
+		if _, err := s.GetAttr(ctx, f.Ino); err != nil {
+			t.Fatal(err)
+		}
+		rec.txns = nil
+		refs, err := s.Chunks(ctx, f.Ino, 0, 0)
+		if err != nil || len(refs) != 1 {
+			t.Fatalf("Chunks: %v, %v", refs, err)
+		}
+		return refs[0], lagging.served.Load(), len(rec.txns)
+	}
+
+	if ref, served, txns := chunksVia(ctx, before); ref.ID != cur.ID || served != 1 || txns != 2 {
+		t.Errorf("member behind the attributes: chunk %s (current %s, old %s), %d reads served by the member, %d transactions; want the current chunk, 1, 2",
+			ref.ID, cur.ID, old.ID, served, txns)
+	}
+	resp, err = shared.Client().Get(ctx, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref, served, txns := chunksVia(ctx, resp.Header.Revision); ref.ID != cur.ID || served != 1 || txns != 1 {
+		t.Errorf("member up to date: chunk %s (current %s), %d reads served by the member, %d transactions; want the current chunk, 1, 1",
+			ref.ID, cur.ID, served, txns)
+	}
+	if ref, served, _ := chunksVia(meta.WithCurrentReads(ctx), before); ref.ID != cur.ID || served != 0 {
+		t.Errorf("current reads asked for: chunk %s (current %s), %d reads served by the lagging member; want the current chunk, 0",
+			ref.ID, cur.ID, served)
+	}
+}

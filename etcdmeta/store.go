@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -26,9 +27,11 @@ const maxNlink = math.MaxUint32 - 1
 type Store struct {
 	cli *clientv3.Client
 	// kv is what every namespace read and write goes through: cli's KV,
-	// or a cachedKV over it (see WithExclusiveCache).
+	// a cachedKV over it (see WithExclusiveCache), or on a cluster a
+	// floorKV that raises floor.
 	kv    clientv3.KV
-	cache *attrCache // nil without WithExclusiveCache
+	floor *atomic.Int64 // the newest revision an answer carried; nil but on a cluster
+	cache *attrCache    // nil without WithExclusiveCache
 	// cacheEntries and soleMember are the options that shape kv
 	// (WithExclusiveCache, WithSoleMember).
 	cacheEntries int
@@ -77,6 +80,10 @@ func New(ctx context.Context, cli *clientv3.Client, clusterID string, log zerolo
 	if s.cacheEntries > 0 {
 		s.cache = newAttrCache(s.cacheEntries, k.inoPrefix(), k.prefix+"ent/", k.chunkRoot())
 		s.kv = &cachedKV{KV: s.kv, c: s.cache}
+	}
+	if !s.soleMember && s.cache == nil {
+		s.floor = new(atomic.Int64)
+		s.kv = floorKV{KV: s.kv, floor: s.floor}
 	}
 	if err := s.bootstrap(ctx); err != nil {
 		return nil, err
@@ -744,11 +751,19 @@ func (t *tx) fileAttr(ctx context.Context, ino meta.Ino) (*meta.Attr, error) {
 
 // Chunks returns ino's chunk references with first <= Index <= last, in
 // index order, read at one revision. A missing inode is ErrStale.
+//
+// On a cluster it first reads the local member's applied state
+// (serializable: no read-index round trip through the leader) and keeps
+// what it read if that state is at least as new as the newest revision
+// any answer to this store carried (floor): a READ's chunk map is then at
+// least as new as the attributes read just before it, as a current read
+// would be. Otherwise, or when ctx asks for current reads, or the read
+// ends in an error, it reads again through the leader.
 func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([]chunk.Ref, error) {
 	op := fmt.Sprintf("chunks %d [%d,%d]", ino, first, last)
 	var out []chunk.Ref
 	point := last >= first && last-first < pointChunkReads
-	err := s.run(ctx, op, func(t *tx) error {
+	attempt := func(t *tx) error {
 		if point {
 			// The inode and the references in one round trip.
 			if err := t.load(ctx, append(s.chunkKeys(ino, first, last), s.keys.ino(ino))...); err != nil {
@@ -765,7 +780,16 @@ func (s *Store) Chunks(ctx context.Context, ino meta.Ino, first, last uint64) ([
 			out, err = t.chunkRefs(ctx, ino, first, last)
 		}
 		return err
-	})
+	}
+	if s.floor != nil && !meta.CurrentReads(ctx) {
+		floor := s.floor.Load()
+		t := s.newTx()
+		t.optimistic = true
+		if err := attempt(t); err == nil && t.rev >= floor {
+			return out, nil
+		}
+	}
+	err := s.run(ctx, op, attempt)
 	return out, err
 }
 

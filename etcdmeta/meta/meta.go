@@ -191,7 +191,11 @@ type Store interface {
 	ReadDir(ctx context.Context, dir Ino, cookie uint64, limit int) ([]Entry, error)
 
 	// Chunks returns the chunk references of ino with first <= Index <= last,
-	// in index order. Holes have no reference.
+	// in index order. Holes have no reference. The map read is at least
+	// as new as everything the store has answered before the call; it
+	// may miss a change made through another node since (a store
+	// serving it from a replica), unless ctx asks for current reads
+	// (WithCurrentReads).
 	Chunks(ctx context.Context, ino Ino, first, last uint64) ([]chunk.Ref, error)
 	// CommitWrite atomically records refs in ino's chunk map (replacing
 	// references with the same Index), raises the size to at least size,
@@ -208,4 +212,21 @@ type Store interface {
 
 	// StatFS reports the number of inodes in use.
 	StatFS(ctx context.Context) (inodes uint64, err error)
+}
+
+type currentReadsKey struct{}
+
+// WithCurrentReads returns ctx marked to ask the store for current
+// (linearizable) reads where it could otherwise answer from a replica
+// (Store.Chunks): a caller that found a chunk gone, replaced by a write
+// the replica may not have applied yet, reads the map again this way.
+func WithCurrentReads(ctx context.Context) context.Context {
+	return context.WithValue(ctx, currentReadsKey{}, true)
+}
+
+// CurrentReads reports whether ctx asks for current reads
+// (WithCurrentReads).
+func CurrentReads(ctx context.Context) bool {
+	v, _ := ctx.Value(currentReadsKey{}).(bool)
+	return v
 }
