@@ -43,6 +43,16 @@
 // the sum again and reports a mismatch as chunk.ErrCorrupt, never returning
 // the bytes.
 //
+// GET with "Range: bytes=first-last" (one range, both ends given): 206
+// with the bytes of the range, fewer where the chunk ends first (none
+// past its end), its Content-Length and a Content-Range; no sum. The
+// server store reads and verifies only the blocks holding the range
+// (chunker.LocalStore.ReadRange), as a read of the node's own copy would;
+// the bytes travel under TLS's integrity protection. A corrupt block in
+// the range gives 409, as a corrupt chunk does. A server whose store
+// cannot read ranges, or a Range header of another form, gets the whole
+// chunk (200, as above), which the client verifies and cuts.
+//
 // HEAD: 200 (with X-Wormhole-Sum and Content-Length) when the node holds a
 // verified copy, 404 when it holds none, 409 when its copy is corrupt.
 //

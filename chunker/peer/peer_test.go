@@ -806,3 +806,65 @@ func TestPutSummed(t *testing.T) {
 		t.Fatalf("Has after a refused put = %v, %v; want false", ok, err)
 	}
 }
+
+// wholeStore hides a store's range reads: a peer that can only send whole
+// chunks (as one running an older version).
+type wholeStore struct{ peer.Store }
+
+// A range GET moves the range alone (206 with those bytes); ReadRange
+// gives the bytes of the range, clamped to the chunk, from such a peer and
+// from one that sends whole chunks; a corrupt block in the range fails
+// the read with ErrCorrupt, as a corrupt whole chunk fails Get.
+func TestReadRange(t *testing.T) {
+	store, n, c, ca := setup(t, peer.ServerOptions{})
+	whole := startNode(t, wholeStore{store}, ca.serverTLS(t), peer.ServerOptions{}, nil)
+	cw := newClient(t, whole.addr, ca.clientTLS(t), peer.ClientOptions{})
+	ctx := t.Context()
+	id := chunk.NewID()
+	data := pattern(300<<10, 3)
+	if _, err := c.Put(ctx, id, data); err != nil {
+		t.Fatal(err)
+	}
+
+	status, body := rawRequest(t, ca, http.MethodGet, "https://"+n.addr+"/v1/chunks/"+id.String(), nil,
+		map[string]string{"Range": "bytes=1000-1999"})
+	if status != http.StatusPartialContent || body != string(data[1000:2000]) {
+		t.Errorf("range GET: status %d with %d bytes, want 206 with the 1000 bytes asked for", status, len(body))
+	}
+
+	for _, tt := range []struct {
+		off, n int
+		want   []byte
+	}{
+		{0, 4096, data[:4096]},
+		{65536 - 10, 100, data[65536-10 : 65536+90]},
+		{len(data) - 500, 4096, data[len(data)-500:]},
+		{len(data) + 10, 100, nil},
+	} {
+		for name, cl := range map[string]*peer.Client{"range peer": c, "whole-chunk peer": cw} {
+			p := make([]byte, tt.n)
+			k, err := cl.ReadRange(ctx, id, p, int64(tt.off))
+			if err != nil || !bytes.Equal(p[:k], tt.want) {
+				t.Errorf("%s: ReadRange of %d bytes at %d: %d bytes, %v; want the chunk's %d", name, tt.n, tt.off, k, err, len(tt.want))
+			}
+		}
+	}
+
+	path := store.Path(id)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-10] ^= 0x40
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, cl := range map[string]*peer.Client{"range peer": c, "whole-chunk peer": cw} {
+		if _, err := cl.ReadRange(ctx, id, make([]byte, 100), int64(len(data)-100)); !errors.Is(err, chunk.ErrCorrupt) {
+			t.Errorf("%s: ReadRange over a corrupt block: %v, want ErrCorrupt", name, err)
+		}
+	}
+	if _, err := c.ReadRange(ctx, chunk.NewID(), make([]byte, 100), 0); !errors.Is(err, chunk.ErrNotFound) {
+		t.Errorf("ReadRange of a missing chunk: %v, want ErrNotFound", err)
+	}
+}

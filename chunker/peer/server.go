@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	stdlog "log"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -58,6 +59,14 @@ type summedStore interface {
 // error of r is returned wrapped.
 type streamStore interface {
 	PutFrom(ctx context.Context, id chunk.ID, r io.Reader, n int64, want chunk.Sum) error
+}
+
+// rangeStore is implemented by stores that can read part of a chunk into
+// the caller's buffer, verifying only the blocks that hold it, clamped to
+// the chunk's length (chunker.LocalStore). Stores without it answer a
+// range GET with the whole chunk.
+type rangeStore interface {
+	ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error)
 }
 
 // hasStore is implemented by stores that can tell whether they hold a
@@ -347,6 +356,11 @@ func (r *readErr) Read(p []byte) (int, error) {
 
 // get serves GET: the verified data and its sum.
 func (s *Server) get(ctx context.Context, w http.ResponseWriter, r *http.Request, id chunk.ID) error {
+	if rs, ok := s.store.(rangeStore); ok {
+		if off, n, ok := parseRange(r.Header.Get("Range")); ok {
+			return s.getRange(ctx, w, r, rs, id, off, min(n, s.opts.MaxChunk))
+		}
+	}
 	data, err := s.store.Get(ctx, id)
 	if err != nil {
 		return err
@@ -362,6 +376,47 @@ func (s *Server) get(ctx context.Context, w http.ResponseWriter, r *http.Request
 		s.log.Debug().Err(err).Str("peer", r.RemoteAddr).Str("chunk", id.String()).Msg("send chunk")
 	}
 	return nil
+}
+
+// getRange serves a range GET: 206 with the n bytes at off of the chunk
+// (fewer where the chunk ends first), read and verified by the store.
+func (s *Server) getRange(ctx context.Context, w http.ResponseWriter, r *http.Request, rs rangeStore, id chunk.ID, off, n int64) error {
+	p := make([]byte, n)
+	k, err := rs.ReadRange(ctx, id, p, off)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.Itoa(k))
+	if k > 0 {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/*", off, off+int64(k)-1))
+	}
+	w.WriteHeader(http.StatusPartialContent)
+	if _, err := w.Write(p[:k]); err != nil {
+		s.log.Debug().Err(err).Str("peer", r.RemoteAddr).Str("chunk", id.String()).Msg("send chunk range")
+	}
+	return nil
+}
+
+// parseRange parses a Range header of one byte range with both ends,
+// "bytes=first-last", into its offset and length. Anything else (no
+// header, several ranges, open ends) is not ok: the whole chunk is sent.
+func parseRange(v string) (off, n int64, ok bool) {
+	spec, found := strings.CutPrefix(v, "bytes=")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(spec, "-")
+	if !found {
+		return 0, 0, false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || first < 0 || last < first || last == math.MaxInt64 {
+		return 0, 0, false
+	}
+	return first, last - first + 1, true
 }
 
 // has serves HEAD: 200 if the store holds a good copy.

@@ -307,8 +307,9 @@ type rangeLocal interface {
 // the chunk's length, and returns how many it read (it makes Store a
 // chunker.RangeReader). When this node's Local store reads ranges, its
 // copy is asked first and only the part asked for is read and verified.
-// Otherwise, or when that copy is missing, corrupt or unreadable,
-// ReadRange falls back to Get (which searches, verifies and reports
+// Otherwise, or when that copy is missing, corrupt or unreadable, the
+// chunk's other placement targets are asked for the part alone
+// (readRangeRemote); when none answers, ReadRange falls back to Get (which searches, verifies and reports
 // exactly as a Get does, this node's copy included) and copies the part
 // asked for. Errors are Get's; a negative off is an error. After an error
 // the contents of p are unspecified.
@@ -327,11 +328,66 @@ func (s *Store) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64)
 			return 0, fmt.Errorf("get chunk %s: %w", id, cerr)
 		}
 	}
+	if k, ok := s.readRangeRemote(ctx, id, p, off); ok {
+		return k, nil
+	}
 	data, err := s.Get(ctx, id)
 	if err != nil {
 		return 0, err
 	}
 	return copy(p, data[min(off, int64(len(data))):]), nil
+}
+
+// rangeRemote is a Remote that can read part of a chunk, the holder
+// verifying the blocks it reads (peer.Client).
+type rangeRemote interface {
+	ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error)
+}
+
+// readRangeRemote reads bytes [off, off+len(p)) of chunk id from the
+// first of its other placement targets that answers, fetching only that
+// part: a 4 KiB read of a chunk held elsewhere moves 4 KiB, not the
+// chunk. A holder whose blocks in the range fail verification is reported
+// corrupt once another answers. ok is false when none answered: Get then
+// searches every node, and reports the missing and corrupt copies it
+// finds.
+func (s *Store) readRangeRemote(ctx context.Context, id chunk.ID, p []byte, off int64) (int, bool) {
+	copies, _ := s.policy(ctx)
+	order, targets, _, _ := s.readOrder(id, copies)
+	self := order[0]
+	var corrupt []string
+	for _, node := range targets {
+		if node == self {
+			continue
+		}
+		r, err := s.dialer.Remote(node)
+		if err != nil {
+			continue
+		}
+		rr, ok := r.(rangeRemote)
+		if !ok {
+			return 0, false
+		}
+		rctx, cancel := s.opContext(ctx)
+		k, err := rr.ReadRange(rctx, id, p, off)
+		cancel()
+		if err == nil {
+			for _, bad := range corrupt {
+				s.report(RepairReport{ID: id, Reason: ReasonCorrupt, Node: bad, Good: []string{node}})
+			}
+			return k, true
+		}
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		if errors.Is(err, chunk.ErrCorrupt) {
+			corrupt = append(corrupt, node)
+			s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).Msg("corrupt chunk copy; trying another")
+			continue
+		}
+		s.log.Debug().Err(err).Str("chunk", id.String()).Str("node", node).Msg("read chunk range")
+	}
+	return 0, false
 }
 
 // rangeViewer is a Local store that lends verified chunk bytes in place;

@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -255,6 +256,49 @@ func TestOverPeerTLS(t *testing.T) {
 		mustGet(t, s3, id, data)
 		r := drain(s3)
 		if len(r) != 1 || r[0].Reason != replica.ReasonCorrupt || r[0].Node != first {
+			t.Fatalf("reports = %+v, want corrupt copy on %s", r, first)
+		}
+	})
+
+	t.Run("range reads of a remote chunk", func(t *testing.T) {
+		var id chunk.ID
+		for {
+			id = chunk.NewID()
+			if !slices.Contains(tc.ranking(id)[:2], "n3") {
+				break
+			}
+		}
+		data := make([]byte, 300<<10)
+		for i := range data {
+			data[i] = byte(i*7 + i>>9)
+		}
+		if _, err := s1.Put(ctx, id, data); err != nil {
+			t.Fatal(err)
+		}
+		readRange := func(off, n int) []byte {
+			t.Helper()
+			p := make([]byte, n)
+			k, err := s3.ReadRange(ctx, id, p, int64(off))
+			if err != nil {
+				t.Fatalf("ReadRange of %d bytes at %d: %v", n, off, err)
+			}
+			return p[:k]
+		}
+		if got := readRange(100<<10, 10<<10); !bytes.Equal(got, data[100<<10:110<<10]) {
+			t.Errorf("ReadRange inside the chunk: %d bytes, not the chunk's", len(got))
+		}
+		if got := readRange(len(data)-1000, 64<<10); !bytes.Equal(got, data[len(data)-1000:]) {
+			t.Errorf("ReadRange past the chunk's end: %d bytes, want its last 1000", len(got))
+		}
+		// The first holder's last block goes bad: the range is read
+		// from the other holder, and the bad copy reported.
+		first := tc.ranking(id)[0]
+		corruptChunk(t, tc.nodes[first].store, id)
+		drain(s3)
+		if got := readRange(len(data)-4096, 4096); !bytes.Equal(got, data[len(data)-4096:]) {
+			t.Errorf("ReadRange with the first holder's copy corrupt: %d bytes, not the chunk's", len(got))
+		}
+		if r := drain(s3); len(r) != 1 || r[0].Reason != replica.ReasonCorrupt || r[0].Node != first {
 			t.Fatalf("reports = %+v, want corrupt copy on %s", r, first)
 		}
 	})
