@@ -92,6 +92,7 @@ func main() {
 	size := flag.String("size", "256MiB", "large file size")
 	copies := flag.String("copies", "1,2,3", "redundancy values to measure, comma-separated (1 to 3)")
 	flag.IntVar(&c.rounds, "rounds", 1, "runs per redundancy value, on the same cluster; the best is reported")
+	flag.IntVar(&c.randomOps, "random-ops", 500, "random 4 KiB READs of the large file per round, and as many random WRITEs (0: none)")
 	flag.BoolVar(&c.unstable, "unstable", false, "send the large file's WRITEs UNSTABLE and COMMIT at the end, as a kernel client does, instead of FILE_SYNC")
 	flag.BoolVar(&c.single, "single", true, "first measure a single node the same way, and show each cluster's figures as a ratio of its")
 	flag.StringVar(&c.workDir, "workdir", os.TempDir(), "parent of the temporary directories holding all data")
@@ -122,6 +123,7 @@ type config struct {
 	copies      []int
 	rounds      int
 	workDir     string
+	randomOps   int  // bench.Options.RandomOps
 	single      bool // also measure a single node, as the reference
 	unstable    bool // UNSTABLE writes and a COMMIT (bench.Options.Unstable)
 }
@@ -237,7 +239,7 @@ func measure(ctx context.Context, c config, whBin string, copies int) (res resul
 		r, err := bench.Run(ctx, bench.Options{
 			NFSAddr:     cl.nfsAddr(0),
 			Size:        c.size,
-			RandomOps:   1,
+			RandomOps:   max(c.randomOps, 1),
 			Creates:     1,
 			ListEntries: 1,
 			SmallFiles:  1,
@@ -707,11 +709,12 @@ func table(results []result, c config) string {
 	if len(results) > 0 && results[0].copies == 0 {
 		single = &results[0]
 	}
-	fmt.Fprintf(&b, "%-7s %15s %8s %14s %8s %11s   %-42s %s\n", "copies", "seq-write MB/s", "write s", "seq-read MB/s", "read s",
-		"vs single", "chunk files added: n1 / n2 / n3 = total", "total/size")
+	fmt.Fprintf(&b, "%-7s %15s %8s %14s %8s %11s %15s   %-42s %s\n", "copies", "seq-write MB/s", "write s", "seq-read MB/s", "read s",
+		"vs single", "rand-read op/s", "chunk files added: n1 / n2 / n3 = total", "total/size")
 	for _, r := range results {
 		w, wi := bestRun(r.runs, bench.SeqWrite)
 		rd, _ := bestRun(r.runs, bench.SeqRead)
+		rr, _ := bestRun(r.runs, bench.RandRead)
 		ch := r.chunks[wi]
 		label, vs, key := strconv.Itoa(r.copies), "", fmt.Sprintf("copies=%d", r.copies)
 		if r.copies == 0 {
@@ -726,8 +729,11 @@ func table(results []result, c config) string {
 			vs = fmt.Sprintf("%.2fx %.2fx", ratio(w.Value, sw.Value), ratio(rd.Value, sr.Value))
 			fmt.Fprintf(&figs, "FIGURE cluster %s seq-write-vs-single %.2fx\n", key, ratio(w.Value, sw.Value))
 		}
-		fmt.Fprintf(&b, "%-7s %15s %8.2f %14s %8.2f %11s   %-42s %.2fx\n", label, bench.FormatValue(w.Value), w.Seconds,
-			bench.FormatValue(rd.Value), rd.Seconds, vs, perNodeTotal(ch), float64(sum(ch))/float64(c.size))
+		fmt.Fprintf(&b, "%-7s %15s %8.2f %14s %8.2f %11s %15s   %-42s %.2fx\n", label, bench.FormatValue(w.Value), w.Seconds,
+			bench.FormatValue(rd.Value), rd.Seconds, vs, bench.FormatValue(rr.Value), perNodeTotal(ch), float64(sum(ch))/float64(c.size))
+		if c.randomOps > 0 {
+			fmt.Fprintf(&figs, "FIGURE cluster %s rand-read %s ops/s (%d x 4 KiB)\n", key, bench.FormatValue(rr.Value), rr.Ops)
+		}
 		fmt.Fprintf(&figs, "FIGURE cluster %s seq-write %s MB/s (%.2f s)\n", key, bench.FormatValue(w.Value), w.Seconds)
 		fmt.Fprintf(&figs, "FIGURE cluster %s seq-read %s MB/s (%.2f s)\n", key, bench.FormatValue(rd.Value), rd.Seconds)
 		fmt.Fprintf(&figs, "FIGURE cluster %s chunk-bytes %d (%.2f x size)\n", key, sum(ch), float64(sum(ch))/float64(c.size))
@@ -735,7 +741,9 @@ func table(results []result, c config) string {
 	fmt.Fprintf(&b, "\nMB/s is 10^6 bytes/s. single: one node that never joined a cluster (embedded etcd, redundancy 1), measured\n")
 	fmt.Fprintf(&b, "the same way on the same disk; vs single: the cluster's best write and read over the single node's best.\n")
 	fmt.Fprintf(&b, "Chunk files added: bytes of files under each node's data_dir/chunks that the round added (the large\n")
-	fmt.Fprintf(&b, "file plus the one-operation small workloads), for the round with the best write.\n\n")
+	fmt.Fprintf(&b, "file, the random writes and the small workloads), for the round with the best write. rand-read: 4 KiB READs\n")
+	fmt.Fprintf(&b, "at random offsets of the large file, one at a time through n1 (most of them of chunks n1 does not hold\n")
+	fmt.Fprintf(&b, "with copies 1).\n\n")
 	return b.String() + figs.String()
 }
 
