@@ -355,26 +355,35 @@ func (s *LocalStore) syncDir(rel string) error {
 // level, and none of its bytes are returned. A missing chunk yields an
 // error wrapping chunk.ErrNotFound.
 func (s *LocalStore) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
+	data, _, err := s.GetSummed(ctx, id)
+	return data, err
+}
+
+// GetSummed is Get, also returning the chunk's checksum, verified with
+// its data: a caller that passes the sum on (the peer server) need not
+// hash the data again.
+func (s *LocalStore) GetSummed(ctx context.Context, id chunk.ID) ([]byte, chunk.Sum, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, err)
+		return nil, chunk.Sum{}, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, err)
 	}
 	_, rel := relPath(id)
 	b, err := s.readFile(rel)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
+		return nil, chunk.Sum{}, fmt.Errorf("chunk store %s: get chunk %s: %w", s.dir, id, chunk.ErrNotFound)
 	}
 	if err == nil {
 		var data []byte
-		data, _, err = decodeChunk(id, b)
+		var sum chunk.Sum
+		data, sum, err = decodeChunk(id, b)
 		if err == nil {
-			return data, nil
+			return data, sum, nil
 		}
 	} else if !errors.Is(err, chunk.ErrCorrupt) {
-		return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
+		return nil, chunk.Sum{}, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 	}
 	s.log.Error().Err(err).Str("chunk", id.String()).Str("path", s.Path(id)).Msg("corrupt chunk")
 	s.tellCorrupt(id)
-	return nil, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
+	return nil, chunk.Sum{}, fmt.Errorf("chunk store %s: get chunk %s (%s): %w", s.dir, id, s.Path(id), err)
 }
 
 // ReadRange reads bytes [off, off+len(p)) of chunk id into p, clamped to

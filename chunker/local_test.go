@@ -74,6 +74,9 @@ func TestLocalPutGet(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Errorf("Get %d bytes: data differs", n)
 		}
+		if got, gotSum, err := s.GetSummed(ctx, id); err != nil || !bytes.Equal(got, data) || gotSum != sum {
+			t.Errorf("GetSummed %d bytes: %d bytes, sum %x, %v; want the data and sum %x", n, len(got), gotSum, err, sum)
+		}
 		// Put is idempotent.
 		if _, err := s.Put(ctx, id, data); err != nil {
 			t.Fatalf("second Put: %v", err)
