@@ -196,13 +196,10 @@ func TestMissing(t *testing.T) {
 	}
 }
 
-func TestCorruptCopyOnServer(t *testing.T) {
-	store, _, c, _ := setup(t, peer.ServerOptions{})
-	ctx := t.Context()
-	id := chunk.NewID()
-	if _, err := c.Put(ctx, id, pattern(1000, 1)); err != nil {
-		t.Fatal(err)
-	}
+// corruptNearEnd flips a bit of the last data block of chunk id's file in
+// store.
+func corruptNearEnd(t *testing.T, store *chunker.LocalStore, id chunk.ID) {
+	t.Helper()
 	path := store.Path(id)
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -212,6 +209,16 @@ func TestCorruptCopyOnServer(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestCorruptCopyOnServer(t *testing.T) {
+	store, _, c, _ := setup(t, peer.ServerOptions{})
+	ctx := t.Context()
+	id := chunk.NewID()
+	if _, err := c.Put(ctx, id, pattern(1000, 1)); err != nil {
+		t.Fatal(err)
+	}
+	corruptNearEnd(t, store, id)
 
 	data, err := c.Get(ctx, id)
 	if !errors.Is(err, chunk.ErrCorrupt) || data != nil {
@@ -850,15 +857,7 @@ func TestReadRange(t *testing.T) {
 		}
 	}
 
-	path := store.Path(id)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)-10] ^= 0x40
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	corruptNearEnd(t, store, id)
 	for name, cl := range map[string]*peer.Client{"range peer": c, "whole-chunk peer": cw} {
 		if _, err := cl.ReadRange(ctx, id, make([]byte, 100), int64(len(data)-100)); !errors.Is(err, chunk.ErrCorrupt) {
 			t.Errorf("%s: ReadRange over a corrupt block: %v, want ErrCorrupt", name, err)
