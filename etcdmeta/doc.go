@@ -74,6 +74,16 @@
 // range. A consequence is that writers in one directory serialize on its
 // inode, which the retry loop absorbs.
 //
+// On a cluster, a change's first attempt reads the local member's state
+// (serializable); its commit compares every key it read, so a lagging
+// member only costs a second attempt (runWrite). Reads that answer a
+// client (GetAttr, Lookup, ReadDir) are linearizable. Chunks, the chunk
+// map a READ or a write reads after those, is read from the local member
+// too and kept when the member's revision is at least the newest revision
+// any answer to the store carried (floorKV), else read through the
+// leader; a context marked meta.WithCurrentReads always reads through
+// the leader.
+//
 // # Key layout
 //
 // All keys of one namespace live under "/wh/<cluster-id>/". Inode numbers
