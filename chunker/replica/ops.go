@@ -309,9 +309,9 @@ type rangeLocal interface {
 // copy is asked first and only the part asked for is read and verified.
 // Otherwise, or when that copy is missing, corrupt or unreadable, the
 // chunk's other placement targets are asked for the part alone
-// (readRangeRemote); when none answers, ReadRange falls back to Get (which searches, verifies and reports
-// exactly as a Get does, this node's copy included) and copies the part
-// asked for. Errors are Get's; a negative off is an error. After an error
+// (readRangeRemote); when none answers, ReadRange falls back to Get
+// (which searches, verifies and reports exactly as a Get does, this
+// node's copy included) and copies the part asked for. Errors are Get's; a negative off is an error. After an error
 // the contents of p are unspecified.
 func (s *Store) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64) (int, error) {
 	if off < 0 {
