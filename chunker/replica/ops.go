@@ -230,6 +230,13 @@ func (s *Store) getOne(ctx context.Context, self, node string, id chunk.ID) ([]b
 // node that might hold the chunk was down or could not be asked; or the
 // context's error when it ended.
 func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
+	return s.get(ctx, id, nil)
+}
+
+// get is Get, counting the nodes in failed as having failed with their
+// error without asking them again: a node that did not answer a range
+// read just before is not waited for twice.
+func (s *Store) get(ctx context.Context, id chunk.ID, failed map[string]error) ([]byte, error) {
 	copies, _ := s.policy(ctx)
 	order, targets, selfTarget, down := s.readOrder(id, copies)
 	self := order[0]
@@ -245,6 +252,12 @@ func (s *Store) Get(ctx context.Context, id chunk.ID) ([]byte, error) {
 	for _, node := range order {
 		if ctx.Err() != nil {
 			break
+		}
+		if err, ok := failed[node]; ok {
+			unreachable++
+			failedNodes = append(failedNodes, node)
+			errs = append(errs, err)
+			continue
 		}
 		d, err := s.getOne(ctx, self, node, id)
 		if err == nil {
@@ -328,10 +341,11 @@ func (s *Store) ReadRange(ctx context.Context, id chunk.ID, p []byte, off int64)
 			return 0, fmt.Errorf("get chunk %s: %w", id, cerr)
 		}
 	}
-	if k, ok := s.readRangeRemote(ctx, id, p, off); ok {
+	k, unanswered, ok := s.readRangeRemote(ctx, id, p, off)
+	if ok {
 		return k, nil
 	}
-	data, err := s.Get(ctx, id)
+	data, err := s.get(ctx, id, unanswered)
 	if err != nil {
 		return 0, err
 	}
@@ -350,8 +364,9 @@ type rangeRemote interface {
 // chunk. A holder whose blocks in the range fail verification is reported
 // corrupt once another answers. ok is false when none answered: Get then
 // searches every node, and reports the missing and corrupt copies it
-// finds.
-func (s *Store) readRangeRemote(ctx context.Context, id chunk.ID, p []byte, off int64) (int, bool) {
+// finds; unanswered holds the nodes that could not be asked or did not
+// answer at all, for Get not to wait on them again.
+func (s *Store) readRangeRemote(ctx context.Context, id chunk.ID, p []byte, off int64) (k int, unanswered map[string]error, ok bool) {
 	copies, _ := s.policy(ctx)
 	order, targets, _, _ := s.readOrder(id, copies)
 	self := order[0]
@@ -362,32 +377,37 @@ func (s *Store) readRangeRemote(ctx context.Context, id chunk.ID, p []byte, off 
 		}
 		r, err := s.dialer.Remote(node)
 		if err != nil {
-			continue
+			continue // Get reports it
 		}
-		rr, ok := r.(rangeRemote)
-		if !ok {
-			return 0, false
+		rr, isRange := r.(rangeRemote)
+		if !isRange {
+			return 0, unanswered, false
 		}
 		rctx, cancel := s.opContext(ctx)
 		k, err := rr.ReadRange(rctx, id, p, off)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			for _, bad := range corrupt {
 				s.report(RepairReport{ID: id, Reason: ReasonCorrupt, Node: bad, Good: []string{node}})
 			}
-			return k, true
-		}
-		if ctx.Err() != nil {
-			return 0, false
-		}
-		if errors.Is(err, chunk.ErrCorrupt) {
+			return k, nil, true
+		case ctx.Err() != nil:
+			return 0, unanswered, false
+		case errors.Is(err, chunk.ErrCorrupt):
 			corrupt = append(corrupt, node)
 			s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).Msg("corrupt chunk copy; trying another")
-			continue
+		case errors.Is(err, chunk.ErrNotFound):
+			// Get asks again and reports the copy missing.
+		default:
+			if unanswered == nil {
+				unanswered = make(map[string]error)
+			}
+			unanswered[node] = err
+			s.log.Warn().Err(err).Str("chunk", id.String()).Str("node", node).Msg("read chunk range")
 		}
-		s.log.Debug().Err(err).Str("chunk", id.String()).Str("node", node).Msg("read chunk range")
 	}
-	return 0, false
+	return 0, unanswered, false
 }
 
 // rangeViewer is a Local store that lends verified chunk bytes in place;

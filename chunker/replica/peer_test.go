@@ -15,6 +15,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -337,6 +338,40 @@ func TestOverPeerTLS(t *testing.T) {
 		mustGet(t, s2, id, data)
 	})
 
+	t.Run("range read with the placement target stopped", func(t *testing.T) {
+		// One copy, placed on n3, which is stopped: the write fails
+		// over to another node, and a read of part of the chunk from
+		// the third finds it there.
+		cfg := replica.Config{Copies: 1, Timeout: 10 * time.Second}
+		var id chunk.ID
+		for {
+			id = chunk.NewID()
+			if tc.ranking(id)[0] == "n3" {
+				break
+			}
+		}
+		data := make([]byte, 200<<10)
+		for i := range data {
+			data[i] = byte(i*13 + i>>10)
+		}
+		if _, err := tc.replicaFor(t, ca, "n1", cfg).Put(ctx, id, data); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		holders := tc.holding(t, id)
+		if len(holders) != 1 || holders[0] == "n3" {
+			t.Fatalf("chunk on %v, want one node other than n3", holders)
+		}
+		reader := "n1"
+		if holders[0] == "n1" {
+			reader = "n2"
+		}
+		p := make([]byte, 5000)
+		k, err := tc.replicaFor(t, ca, reader, cfg).ReadRange(ctx, id, p, 70000)
+		if err != nil || !bytes.Equal(p[:k], data[70000:75000]) {
+			t.Fatalf("ReadRange through %s: %d bytes, %v; want the chunk's 5000", reader, k, err)
+		}
+	})
+
 	t.Run("three copies required, one node stopped", func(t *testing.T) {
 		s := tc.replicaFor(t, ca, "n2", replica.Config{Copies: 3, Timeout: 10 * time.Second})
 		id := chunk.NewID()
@@ -348,4 +383,75 @@ func TestOverPeerTLS(t *testing.T) {
 			t.Fatalf("failed Put left copies on %v", got)
 		}
 	})
+}
+
+// A placement target that accepts connections and never answers is waited
+// for once: when the range read from it times out, the search for another
+// copy does not ask it again.
+func TestRangeReadWaitsOnceForAHungTarget(t *testing.T) {
+	ca := newCA(t)
+	tc := startTLSCluster(t, ca, "n1", "n2")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			mu.Lock()
+			held = append(held, c) // never read, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	members := append(slices.Clone(tc.members), replica.Node{ID: "hung", Weight: 1 << 30, Alive: true})
+	var cands []placement.Candidate
+	for _, n := range members {
+		cands = append(cands, placement.Candidate{ID: n.ID, Weight: n.Weight})
+	}
+	var id chunk.ID
+	for {
+		id = chunk.NewID()
+		if r := placement.Place(id[:], len(cands), cands); r[0] == "hung" && r[1] == "n2" {
+			break
+		}
+	}
+	data := bytes.Repeat([]byte("hung "), 1000)
+	if _, err := tc.nodes["n2"].store.Put(t.Context(), id, data); err != nil {
+		t.Fatal(err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "n1")}, RootCAs: ca.pool, MinVersion: tls.VersionTLS13}
+	clients := map[string]*peer.Client{}
+	for id, addr := range map[string]string{"n2": tc.nodes["n2"].addr, "hung": l.Addr().String()} {
+		c := peer.NewClient(addr, conf, peer.ClientOptions{Timeout: 500 * time.Millisecond})
+		t.Cleanup(func() { _ = c.Close() })
+		clients[id] = c
+	}
+	s, err := replica.New(replica.Config{Copies: 1, Timeout: 500 * time.Millisecond}, tc.nodes["n1"].store,
+		staticMembers{self: "n1", nodes: members}, peerDialer{clients: clients}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 100)
+	k, err := s.ReadRange(t.Context(), id, p, 50)
+	if err != nil || !bytes.Equal(p[:k], data[50:150]) {
+		t.Fatalf("ReadRange: %d bytes, %v; want the chunk's 100", k, err)
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("the hung target was connected to %d times, want 1", n)
+	}
 }
