@@ -250,13 +250,13 @@ func (r *fakeRemote) Delete(ctx context.Context, id chunk.ID) error {
 	return r.store().Delete(ctx, id)
 }
 
-// idWhere returns a fresh chunk ID for which ok holds of the cluster's
-// current placement ranking.
-func idWhere(t *testing.T, c *cluster, ok func(ranking []string) bool) chunk.ID {
+// idWhere returns a fresh chunk ID for which ok holds of its placement
+// ranking (a cluster's ranking method, say).
+func idWhere(t *testing.T, ranking func(chunk.ID) []string, ok func(ranking []string) bool) chunk.ID {
 	t.Helper()
 	for range 100000 {
 		id := chunk.NewID()
-		if ok(c.ranking(id)) {
+		if ok(ranking(id)) {
 			return id
 		}
 	}

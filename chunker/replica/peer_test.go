@@ -240,13 +240,7 @@ func TestOverPeerTLS(t *testing.T) {
 
 	t.Run("corrupt remote copy is skipped and reported", func(t *testing.T) {
 		// A chunk n3 does not hold, so its reads go to the network.
-		var id chunk.ID
-		for {
-			id = chunk.NewID()
-			if !slices.Contains(tc.ranking(id)[:2], "n3") {
-				break
-			}
-		}
+		id := idWhere(t, tc.ranking, func(r []string) bool { return !slices.Contains(r[:2], "n3") })
 		data := []byte("verified end to end")
 		if _, err := s1.Put(ctx, id, data); err != nil {
 			t.Fatal(err)
@@ -262,13 +256,7 @@ func TestOverPeerTLS(t *testing.T) {
 	})
 
 	t.Run("range reads of a remote chunk", func(t *testing.T) {
-		var id chunk.ID
-		for {
-			id = chunk.NewID()
-			if !slices.Contains(tc.ranking(id)[:2], "n3") {
-				break
-			}
-		}
+		id := idWhere(t, tc.ranking, func(r []string) bool { return !slices.Contains(r[:2], "n3") })
 		data := make([]byte, 300<<10)
 		for i := range data {
 			data[i] = byte(i*7 + i>>9)
@@ -321,13 +309,7 @@ func TestOverPeerTLS(t *testing.T) {
 	tc.nodes["n3"].stop(t)
 
 	t.Run("put fails over from a stopped node", func(t *testing.T) {
-		var id chunk.ID
-		for {
-			id = chunk.NewID()
-			if slices.Contains(tc.ranking(id)[:2], "n3") {
-				break
-			}
-		}
+		id := idWhere(t, tc.ranking, func(r []string) bool { return slices.Contains(r[:2], "n3") })
 		data := []byte("failover over TLS")
 		if _, err := s1.Put(ctx, id, data); err != nil {
 			t.Fatalf("Put: %v", err)
@@ -343,13 +325,7 @@ func TestOverPeerTLS(t *testing.T) {
 		// over to another node, and a read of part of the chunk from
 		// the third finds it there.
 		cfg := replica.Config{Copies: 1, Timeout: 10 * time.Second}
-		var id chunk.ID
-		for {
-			id = chunk.NewID()
-			if tc.ranking(id)[0] == "n3" {
-				break
-			}
-		}
+		id := idWhere(t, tc.ranking, func(r []string) bool { return r[0] == "n3" })
 		data := make([]byte, 200<<10)
 		for i := range data {
 			data[i] = byte(i*13 + i>>10)
@@ -423,13 +399,8 @@ func TestRangeReadWaitsOnceForAHungTarget(t *testing.T) {
 	for _, n := range members {
 		cands = append(cands, placement.Candidate{ID: n.ID, Weight: n.Weight})
 	}
-	var id chunk.ID
-	for {
-		id = chunk.NewID()
-		if r := placement.Place(id[:], len(cands), cands); r[0] == "hung" && r[1] == "n2" {
-			break
-		}
-	}
+	id := idWhere(t, func(id chunk.ID) []string { return placement.Place(id[:], len(cands), cands) },
+		func(r []string) bool { return r[0] == "hung" && r[1] == "n2" })
 	data := bytes.Repeat([]byte("hung "), 1000)
 	if _, err := tc.nodes["n2"].store.Put(t.Context(), id, data); err != nil {
 		t.Fatal(err)

@@ -105,7 +105,7 @@ func TestPutFailsOverToSpare(t *testing.T) {
 			c := newCluster(t, 3)
 			s := c.replicaStore("n1", replica.Config{Copies: 2})
 			// n2 is a placement target while all nodes are healthy.
-			id := idWhere(t, c, func(r []string) bool { return slices.Contains(r[:2], "n2") })
+			id := idWhere(t, c.ranking, func(r []string) bool { return slices.Contains(r[:2], "n2") })
 			tt.apply(c)
 			data := []byte("failover")
 			if _, err := s.Put(t.Context(), id, data); err != nil {
@@ -215,7 +215,7 @@ func TestGetCorruptCopy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCluster(t, 3)
 			s := c.replicaStore("n1", replica.Config{Copies: 2})
-			id := idWhere(t, c, func(r []string) bool { return slices.Contains(r[:2], "n1") == tt.selfHolder })
+			id := idWhere(t, c.ranking, func(r []string) bool { return slices.Contains(r[:2], "n1") == tt.selfHolder })
 			data := []byte("precious bytes")
 			if _, err := s.Put(t.Context(), id, data); err != nil {
 				t.Fatal(err)
@@ -273,7 +273,7 @@ func TestGetAllCopiesCorrupt(t *testing.T) {
 func TestGetMissingCopyOnTarget(t *testing.T) {
 	c := newCluster(t, 3)
 	s := c.replicaStore("n1", replica.Config{Copies: 2})
-	id := idWhere(t, c, func(r []string) bool { return !slices.Contains(r[:2], "n1") })
+	id := idWhere(t, c.ranking, func(r []string) bool { return !slices.Contains(r[:2], "n1") })
 	data := []byte("half gone")
 	if _, err := s.Put(t.Context(), id, data); err != nil {
 		t.Fatal(err)
@@ -292,7 +292,7 @@ func TestGetMissingCopyOnTarget(t *testing.T) {
 func TestGetSkipsUnreachableHolder(t *testing.T) {
 	c := newCluster(t, 3)
 	s := c.replicaStore("n1", replica.Config{Copies: 2})
-	id := idWhere(t, c, func(r []string) bool { return !slices.Contains(r[:2], "n1") })
+	id := idWhere(t, c.ranking, func(r []string) bool { return !slices.Contains(r[:2], "n1") })
 	data := []byte("still here")
 	if _, err := s.Put(t.Context(), id, data); err != nil {
 		t.Fatal(err)
@@ -346,7 +346,7 @@ func TestGetSearchesBeyondPlacement(t *testing.T) {
 		if i == 1000 {
 			t.Fatal("no chunk ID with the wanted placements")
 		}
-		id = idWhere(t, c, func(r []string) bool { return slices.Equal(sorted(r[:2]), []string{"n2", "n3"}) })
+		id = idWhere(t, c.ranking, func(r []string) bool { return slices.Equal(sorted(r[:2]), []string{"n2", "n3"}) })
 		c.setAlive("n4", true)
 		c.setAlive("n5", true)
 		if slices.Equal(sorted(c.ranking(id)[:2]), []string{"n4", "n5"}) {
@@ -512,7 +512,7 @@ func TestReadRange(t *testing.T) {
 			ctx := t.Context()
 			c := newCluster(t, 3)
 			s := c.replicaStore("n1", replica.Config{Copies: 2})
-			id := idWhere(t, c, func(r []string) bool { return slices.Contains(r[:2], "n1") })
+			id := idWhere(t, c.ranking, func(r []string) bool { return slices.Contains(r[:2], "n1") })
 			data := bytes.Repeat([]byte("0123456789abcdef"), 10000) // 160000 bytes: 3 blocks
 			if _, err := s.Put(ctx, id, data); err != nil {
 				t.Fatal(err)
